@@ -1,0 +1,5 @@
+import sys
+
+from revbench.cli import main
+
+sys.exit(main())

@@ -1,0 +1,90 @@
+"""Deterministic token streams at fixed shapes (batch x seq), so memory figures are comparable across runs."""
+
+from __future__ import annotations
+
+import sysconfig
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+BYTE_VOCAB = 256
+
+
+def default_text_path() -> Path:
+    """Text that ships with every CPython: the pydoc topics (about 800 KB of English documentation)."""
+    return Path(sysconfig.get_paths()["stdlib"]) / "pydoc_data" / "topics.py"
+
+
+@dataclass
+class Workload:
+    batch: int = 2
+    seq: int = 128
+    data: str = "text"  # "text" (real bytes, loss can fall) or "synthetic" (uniform random ids)
+    text_path: str | None = None  # default: CPython's pydoc topics
+    heldout_fraction: float = 0.1  # the tail of the text kept out of training
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.data not in ("synthetic", "text"):
+            raise ValueError(f"unknown data kind {self.data!r}; choose 'synthetic' or 'text'")
+        if self.batch < 1 or self.seq < 2:
+            raise ValueError(f"batch must be >= 1 and seq >= 2, got batch={self.batch} seq={self.seq}")
+        if not 0.0 <= self.heldout_fraction < 1.0:
+            raise ValueError(f"heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch * self.seq
+
+
+def read_byte_tokens(path: str | Path) -> torch.Tensor:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"text file {str(path)!r} does not exist")
+    data = path.read_bytes()
+    if len(data) < 2:
+        raise ValueError(f"text file {str(path)!r} is too short to train on")
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).long()
+
+
+class TokenStream:
+    """Yields `input_ids` batches of shape (batch, seq); labels are the same ids (HF shifts them)."""
+
+    def __init__(self, workload: Workload, vocab_size: int, split: str = "train") -> None:
+        if split not in ("train", "heldout"):
+            raise ValueError(f"unknown split {split!r}; choose 'train' or 'heldout'")
+        self.workload = workload
+        self.vocab_size = vocab_size
+        self.split = split
+        self._tokens: torch.Tensor | None = None
+        if workload.data == "text":
+            if vocab_size < BYTE_VOCAB:
+                raise ValueError(f"byte-level text needs a vocabulary of at least {BYTE_VOCAB}, got {vocab_size}")
+            tokens = read_byte_tokens(workload.text_path or default_text_path())
+            cut = int(len(tokens) * (1.0 - workload.heldout_fraction))
+            self._tokens = tokens[:cut] if split == "train" else tokens[cut:]
+            if len(self._tokens) <= workload.seq:
+                raise ValueError(f"the {split} split has {len(self._tokens)} tokens, fewer than seq={workload.seq}")
+
+    def batch(self, step: int) -> torch.Tensor:
+        """The batch for a given step: the same step always gives the same tokens."""
+        b, s = self.workload.batch, self.workload.seq
+        if self._tokens is None:
+            offset = 0 if self.split == "train" else 1_000_003
+            gen = torch.Generator().manual_seed(self.workload.seed * 1_000_033 + offset + step)
+            return torch.randint(0, self.vocab_size, (b, s), generator=gen)
+        windows = (len(self._tokens) - 1) // s
+        starts = [((step * b + i) % windows) * s for i in range(b)]
+        return torch.stack([self._tokens[start : start + s] for start in starts])
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        step = 0
+        while True:
+            yield self.batch(step)
+            step += 1

@@ -1,0 +1,87 @@
+"""Peak live tensor bytes by tracking storages in a TorchDispatchMode.
+
+The independent cross-check of `profiler_bytes`, and the only route that works on fake tensors, where
+nothing is allocated (`revbench estimate`). Each new storage gets a weakref finalizer that retires it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from revbench.measure.categories import CATEGORIES, StateTensors, TensorBytes, categorize, storage_key
+
+
+class StorageTracker(TorchDispatchMode):
+    """Tracks every storage an op creates, plus storages registered up front, and records the peak."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, tuple[int, int]] = {}  # storage key -> (bytes, serial of its allocation)
+        self.current = self.peak = 0
+        self.peak_live: dict[int, tuple[int, int]] = {}
+        self._rising = False
+        self._serials = itertools.count()
+        self._finalizers: list[weakref.finalize] = []
+
+    def track(self, t: torch.Tensor) -> None:
+        storage, key = t.untyped_storage(), storage_key(t)
+        if key in self.live:
+            return
+        nbytes = storage.nbytes()
+        self.live[key] = (nbytes, next(self._serials))
+        self.current += nbytes
+        if self.current > self.peak:
+            self.peak, self._rising = self.current, True
+        self._finalizers.append(weakref.finalize(storage, self._release, key))
+
+    def _release(self, key: int) -> None:
+        if self._rising:  # the state just before the first free after a rise is the peak state
+            self.peak_live, self._rising = dict(self.live), False
+        self.current -= self.live.pop(key, (0, 0))[0]
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        # `torch.tensor(...)` allocates outside the dispatcher and only then passes through lift_fresh.
+        fresh = func in (torch.ops.aten.lift_fresh.default, torch.ops.aten.lift_fresh_copy.default)
+        inputs = set() if fresh else {
+            storage_key(t) for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and storage_key(t) not in inputs:
+                self.track(t)
+        return out
+
+    def finish(self) -> None:
+        if self._rising:
+            self.peak_live = dict(self.live)
+        for finalizer in self._finalizers:
+            finalizer.detach()
+
+
+def measure_peak_bytes_tracked(
+    fn: Callable[[], Any], state_tensors: Callable[[], StateTensors]
+) -> tuple[Any, TensorBytes]:
+    """Run `fn` under a StorageTracker and return its result and the peak tensor bytes by category."""
+    tracker = StorageTracker()
+    states = state_tensors()
+    before = categorize(states)
+    for tensors in states.values():
+        for t in tensors:
+            tracker.track(t)
+    del states
+    with tracker:
+        result = fn()
+    tracker.finish()
+    after = categorize(state_tensors())
+    by_category = dict.fromkeys(CATEGORIES, 0)
+    for key, (nbytes, serial) in tracker.peak_live.items():
+        survives = tracker.live.get(key, (0, -1))[1] == serial
+        category = after.get(key, before.get(key, ("activations", 0)))[0] if survives else "activations"
+        by_category[category] += nbytes
+    return result, TensorBytes(**by_category, method="storage-tracker")

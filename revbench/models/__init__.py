@@ -1,0 +1,12 @@
+"""The MoE model zoo: real Hugging Face architectures from presets, overrides and local checkpoints."""
+
+from revbench.models.checkpoint import CheckpointError, load_pretrained, save_pretrained
+from revbench.models.families import FAMILIES, UnsupportedArchitectureError, family_of, num_experts
+from revbench.models.presets import PRESETS, TINY_PRESETS
+from revbench.models.zoo import ModelSpec, build_config, build_model, parameter_count, parse_dtype
+
+__all__ = [
+    "FAMILIES", "PRESETS", "TINY_PRESETS", "CheckpointError", "ModelSpec", "UnsupportedArchitectureError",
+    "build_config", "build_model", "family_of", "load_pretrained", "num_experts", "parameter_count", "parse_dtype",
+    "save_pretrained",
+]
