@@ -9,6 +9,12 @@ from revbench.methods.base import Method, OptimizerSpec, TrainSpec
 # name -> "module:Class"; lazy so that e.g. DeepSpeed is imported only by the methods that use it.
 METHODS: dict[str, str] = {
     "standard": "revbench.methods.standard:Standard",
+    "checkpointing": "revbench.methods.checkpointing:Checkpointing",
+    "zero2-offload": "revbench.methods.deepspeed_zero:Zero2Offload",
+    "zero3-offload": "revbench.methods.deepspeed_zero:Zero3Offload",
+    "lora": "revbench.methods.lora:Lora",
+    "revffn": "revbench.methods.revffn:RevFFN",
+    "revffn-zero2-offload": "revbench.methods.deepspeed_zero:RevFFNZero2Offload",
 }
 
 

@@ -1,0 +1,95 @@
+"""Run records: one JSON object per run, appended atomically to `results.jsonl`.
+
+Every table and plot is derived from these records. `SCHEMA` is bumped on any incompatible change.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA = "revbench.run/1"
+STATUSES = ("ok", "oom", "error", "timeout", "diverged")
+RESULTS_FILE = "results.jsonl"
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    suite: str
+    method: str
+    status: str
+    config: dict[str, Any]  # the full resolved TrainSpec plus the run's step counts
+    env: dict[str, Any]
+    error: str | None = None
+    losses: list[float] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    method_stats: dict[str, Any] = field(default_factory=dict)
+    started: str | None = None
+    finished: str | None = None
+    duration_s: float | None = None
+    schema: str = SCHEMA
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"unknown run status {self.status!r}; one of {', '.join(STATUSES)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunRecord:
+        if data.get("schema") != SCHEMA:
+            raise ValueError(f"record {data.get('run_id')!r} has schema {data.get('schema')!r}; "
+                             f"this revbench reads {SCHEMA!r}")
+        return cls(**data)
+
+
+def run_id(suite: str, method: str, config: dict[str, Any], repeat: int) -> str:
+    """Stable id of a run: the same suite, method, resolved config and repeat give the same id (resume)."""
+    blob = json.dumps({"suite": suite, "method": method, "config": config, "repeat": repeat}, sort_keys=True)
+    return f"{method}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}-r{repeat}"
+
+
+def append_record(directory: str | Path, record: RunRecord) -> Path:
+    """Append one record as one line, under an exclusive lock, flushed to disk before returning."""
+    path = Path(directory) / RESULTS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(record.to_dict(), sort_keys=True) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":  # a writer killed mid-line: keep its torn line apart
+            line = b"\n" + line
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return path
+
+
+def read_records(path: str | Path) -> Iterator[RunRecord]:
+    """Records of a results file (or a directory holding one). A line torn by a killed writer is skipped
+    with a warning naming it."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / RESULTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no results file at {str(path)!r}")
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as exc:
+            warnings.warn(f"{path}:{number}: skipped a line that is not a JSON record ({exc})", stacklevel=2)
+            continue
+        yield RunRecord.from_dict(data)
