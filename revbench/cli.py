@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("env", "bench")
+COMMANDS = ("env", "bench", "run", "report", "check", "estimate", "quality")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,11 +15,12 @@ import torch
 
 from revbench.data import TokenStream
 from revbench.measure import cuda_allocator
+from revbench.measure.categories import TensorBytes
 from revbench.measure.host import HostMemory
 from revbench.measure.nvml import NvmlMemory
 from revbench.measure.profiler_bytes import measure_peak_bytes
 from revbench.measure.timing import StepTimer, step_stats
-from revbench.methods import TrainSpec, create_method
+from revbench.methods import Method, TrainSpec, create_method
 
 Progress = Callable[[str, int, int], None]  # (phase, step done, steps in all)
 
@@ -55,48 +56,58 @@ def run_method(
     if steps < 1:
         raise ValueError("steps must be >= 1")
     result = result if result is not None else RunResult()
-    total = warmup + 1 + steps
     device = torch.device(spec.device)
     method = create_method(method_name, spec)
     host = HostMemory()
-    with host:
-        method.prepare()
-        stream = TokenStream(spec.workload, method.vocab_size)
-
-        def run_step(index: int) -> float:
-            loss = float(method.train_step(stream.batch(index)))
-            result.losses.append(loss)
-            if not math.isfinite(loss):
-                raise DivergedError(f"loss is {loss} at step {index}")
-            if progress:
-                progress("train", index + 1, total)
-            return loss
-
-        for index in range(warmup):
-            method.zero_grad()
-            run_step(index)
-        cuda_allocator.reset_peaks(device)
-        method.zero_grad()  # outside the window: the profiler cannot see frees of earlier allocations
-        _, tensor_bytes = measure_peak_bytes(lambda: run_step(warmup), method.state_tensors, device)
-        if budget_bytes is not None and tensor_bytes.total > budget_bytes:
-            raise BudgetExceededError(
-                f"peak tensor bytes {tensor_bytes.total:,} exceed the memory budget of {budget_bytes:,} bytes")
-        timer = StepTimer(device)
-        with NvmlMemory(device) as nvml:
-            for index in range(warmup + 1, total):
-                method.zero_grad()
-                with timer:
-                    run_step(index)
-    result.metrics = {
-        **step_stats(timer.seconds, spec.workload.batch, spec.workload.tokens_per_step),
-        "memory": {
-            "tensor_bytes": tensor_bytes.to_dict(),
-            "cuda_allocator": cuda_allocator.allocator_peaks(device),
-            "nvml": nvml.result(),
-            "host": host.result(),
-        },
-    }
-    result.method_stats = method.stats()
-    method.teardown()
+    try:
+        with host:
+            tensor_bytes, timer, nvml = _train_and_measure(method, spec, steps, warmup, budget_bytes, progress,
+                                                           result)
+        result.metrics = {
+            **step_stats(timer.seconds, spec.workload.batch, spec.workload.tokens_per_step),
+            "memory": {
+                "tensor_bytes": tensor_bytes.to_dict(),
+                "cuda_allocator": cuda_allocator.allocator_peaks(device),
+                "nvml": nvml.result(),
+                "host": host.result(),
+            },
+        }
+        result.method_stats = method.stats()
+    finally:
+        method.teardown()  # a failed step must not leave e.g. a DeepSpeed engine and process group behind
     return result
 
+
+
+def _train_and_measure(method: Method, spec: TrainSpec, steps: int, warmup: int, budget_bytes: int | None,
+                       progress: Progress | None, result: RunResult) -> tuple[TensorBytes, StepTimer, NvmlMemory]:
+    total = warmup + 1 + steps
+    device = torch.device(spec.device)
+    method.prepare()
+    stream = TokenStream(spec.workload, method.vocab_size)
+
+    def run_step(index: int) -> float:
+        loss = float(method.train_step(stream.batch(index)))
+        result.losses.append(loss)
+        if not math.isfinite(loss):
+            raise DivergedError(f"loss is {loss} at step {index}")
+        if progress:
+            progress("train", index + 1, total)
+        return loss
+
+    for index in range(warmup):
+        method.zero_grad()
+        run_step(index)
+    cuda_allocator.reset_peaks(device)
+    method.zero_grad()  # outside the window: the profiler cannot see frees of earlier allocations
+    _, tensor_bytes = measure_peak_bytes(lambda: run_step(warmup), method.state_tensors, device)
+    if budget_bytes is not None and tensor_bytes.total > budget_bytes:
+        raise BudgetExceededError(
+            f"peak tensor bytes {tensor_bytes.total:,} exceed the memory budget of {budget_bytes:,} bytes")
+    timer = StepTimer(device)
+    with NvmlMemory(device) as nvml:
+        for index in range(warmup + 1, total):
+            method.zero_grad()
+            with timer:
+                run_step(index)
+    return tensor_bytes, timer, nvml

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCHMARKS = ("bytes",)
+BENCHMARKS = ("bytes", "methods", "depth")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

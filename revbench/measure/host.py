@@ -10,12 +10,15 @@ from revbench.measure.sampler import PeakSampler
 
 
 def tree_rss_bytes(pid: int | None = None) -> int:
-    """Resident bytes of a process and all its descendants (DeepSpeed may spawn helpers)."""
+    """Resident bytes of a process plus the memory unique to each descendant (DeepSpeed spawns helpers).
+
+    Children count by USS, not RSS: a just-forked child (DeepSpeed forks compilers and lscpu) shares every
+    page of its parent, and RSS would count those pages twice."""
     root = psutil.Process(pid)
-    total = 0
-    for proc in [root, *root.children(recursive=True)]:
+    total = root.memory_info().rss
+    for child in root.children(recursive=True):
         try:
-            total += proc.memory_info().rss
+            total += child.memory_full_info().uss
         except psutil.Error:  # a child that exited between listing and reading
             continue
     return total

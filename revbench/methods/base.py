@@ -89,6 +89,11 @@ class Method(ABC):
         assert self.model is not None, "prepare() first"
         return default_state_tensors(self.model, self.optimizer)
 
+    def full_parameters(self) -> dict[str, torch.Tensor]:
+        """Every parameter by name, whole (gathered where the method partitions it), as detached CPU copies."""
+        assert self.model is not None, "prepare() first"
+        return {name: p.detach().cpu().clone() for name, p in self.model.named_parameters()}
+
     def stats(self) -> dict[str, Any]:
         """The method's own figures (e.g. RevFFN's reconstruction errors)."""
         return {}

@@ -1,0 +1,158 @@
+"""The largest batch or sequence length whose estimated peak fits a memory budget.
+
+Each probe is a full fake-tensor step (`estimate_method`), never a formula: the search only chooses
+which sizes to probe. Peak bytes grow with batch and sequence length, so the answer is the size `n`
+with peak(n) <= budget < peak(n + 1), both probed. The search grows until a probe fails, then narrows
+the bracket by linear interpolation (the peak is piecewise affine in either size), bisecting when that stalls.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from revbench.estimate.fake_step import Estimate, estimate_method
+from revbench.methods import TrainSpec
+from revbench.models.zoo import build_config
+
+AXES = ("batch", "seq")
+# While the peak is flat (the optimizer step, not the activations, sets it), sizes grow this much a probe:
+# a fake step costs the same at any size, so fewer, farther probes are cheaper.
+GROWTH = 4
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """'80GiB', '141GB', '8.5e10' or '1024' -> bytes. GB is 10^9 and GiB is 2^30, as on the packaging."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmgt]i?b|b)?\s*", text.lower())
+    if not match:
+        raise ValueError(f"cannot read {text!r} as a size: write e.g. 80GiB, 141GB or 85899345920")
+    return int(float(match.group(1)) * _UNITS[match.group(2) or ""])
+
+
+def format_bytes(nbytes: int | None) -> str:
+    """Bytes for people: GiB from 1 GiB up, MiB below."""
+    if nbytes is None:
+        return "-"
+    return f"{nbytes / 2**30:,.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:,.2f} MiB"
+
+
+@dataclass
+class Fit:
+    """The largest size of `axis` that fits, with the probes that prove it."""
+
+    method: str
+    axis: str
+    budget_bytes: int
+    largest: int | None = None  # None: not even size 1 (batch) or 2 (seq) fits
+    capped: bool = False  # the search stopped at `cap` while still fitting
+    reason: str | None = None  # set when the method could not be estimated
+    probes: dict[int, int] = field(default_factory=dict)  # size -> peak bytes
+    seconds: float = 0.0
+
+    @property
+    def peak_bytes(self) -> int | None:
+        return self.probes.get(self.largest) if self.largest is not None else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "axis": self.axis, "budget_bytes": self.budget_bytes,
+                "largest": self.largest, "peak_bytes": self.peak_bytes, "capped": self.capped,
+                "reason": self.reason, "probes": {str(k): v for k, v in sorted(self.probes.items())},
+                "seconds": round(self.seconds, 2)}
+
+
+def _next_probe(probes: dict[int, int], lo: int, hi: int | None, budget: int, bisect: bool) -> int:
+    """A size strictly between lo (fits) and hi (does not fit; None while no probe has failed)."""
+    if hi is None:  # grow 4x, or to the first size the last two probes' slope says is over
+        guess = GROWTH * lo
+        below = [n for n in probes if n < lo]
+        if below:
+            prev = max(below)
+            slope = (probes[lo] - probes[prev]) / (lo - prev)
+            if slope > 0:
+                guess = min(guess, lo + int((budget - probes[lo]) / slope) + 1)
+        return max(guess, lo + 1)
+    if bisect:
+        return (lo + hi) // 2
+    over = sorted(n for n in probes if probes[n] > budget)
+    if len(over) >= 2 and probes[over[1]] > probes[over[0]]:
+        # Two sizes over the budget lie where activations set the peak, which is affine there: their
+        # secant puts the crossing exactly, where the bracket's may cut across the flat part.
+        a, b = over[0], over[1]
+        guess = a - math.ceil((probes[a] - budget) * (b - a) / (probes[b] - probes[a]))
+    else:
+        guess = lo + int((budget - probes[lo]) * (hi - lo) / (probes[hi] - probes[lo]))  # regula falsi
+    return min(max(guess, lo + 1), hi - 1)
+
+
+def search_largest(peak_at: Callable[[int], int], budget: int, start: int, cap: int,
+                   probes: dict[int, int] | None = None) -> tuple[int | None, bool, dict[int, int]]:
+    """(largest size <= cap with peak_at(size) <= budget, whether the cap was hit, every probe). `probes`
+    (size -> peak) seeds the search with earlier probes, e.g. of the same method under another budget."""
+    probes = probes if probes is not None else {}
+
+    def fits(n: int) -> bool:
+        if n not in probes:
+            probes[n] = peak_at(n)
+        return probes[n] <= budget
+
+    # The peak grows with the size, so the seeds already bracket the answer.
+    lo = max((n for n, peak in probes.items() if start <= n <= cap and peak <= budget), default=None)
+    hi = min((n for n, peak in probes.items() if n > (lo or start - 1) and peak > budget), default=None)
+    if lo is None:
+        if not fits(start):
+            return None, False, probes
+        lo = start
+    bisect = False
+    while hi is None or hi - lo > 1:
+        if hi is None and lo >= cap:
+            return cap, True, probes
+        n = min(_next_probe(probes, lo, hi, budget, bisect), cap)
+        width = (hi or 2 * cap) - lo
+        if fits(n):
+            lo = n
+        else:
+            hi = n
+        # Interpolation can creep along one side of a curved peak: alternate with bisection when it does.
+        bisect = hi is not None and (hi - lo) * 2 > width
+    return lo, False, probes
+
+
+def fit_method(name: str, spec: TrainSpec, budget: int, axis: str = "batch", target: str = "cuda",
+               cap: int | None = None, progress: Callable[[str], None] | None = None,
+               probes: dict[int, int] | None = None) -> Fit:
+    """Find the largest batch (at the spec's seq) or seq (at its batch) of `name` under `budget` bytes.
+    `probes` carries earlier probes of the same method, spec and axis in, and this search's out."""
+    if axis not in AXES:
+        raise ValueError(f"unknown fit axis {axis!r}; choose one of {', '.join(AXES)}")
+    if cap is None:  # sequences stop at the model's positions; batches at a size no GPU holds
+        cap = build_config(spec.model).max_position_embeddings if axis == "seq" else 4096
+    result = Fit(name, axis, budget)
+    failure: list[Estimate] = []
+
+    def peak_at(n: int) -> int:
+        workload = replace(spec.workload, **{axis: n})
+        estimate = estimate_method(name, replace(spec, workload=workload), target)
+        result.seconds += estimate.seconds
+        if progress:
+            outcome = format_bytes(estimate.peak_bytes) if estimate.status == "ok" else estimate.status
+            progress(f"{name}: {axis} {n} -> {outcome}")
+        if estimate.peak_bytes is None:
+            failure.append(estimate)
+            raise _NotEstimable
+        return estimate.peak_bytes
+
+    try:
+        result.largest, result.capped, result.probes = search_largest(peak_at, budget, 1 if axis == "batch" else 2,
+                                                                      cap, probes)
+    except _NotEstimable:
+        result.reason = failure[0].reason
+    return result
+
+
+class _NotEstimable(Exception):
+    pass

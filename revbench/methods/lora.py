@@ -1,0 +1,63 @@
+"""LoRA (PEFT): the pretrained weights are frozen; low-rank adapters are trained instead.
+
+Targets, in every supported family: the attention projections (q_proj, k_proj, v_proj, o_proj), the dense MLP
+projections where a layer has them (Qwen2-MoE's shared expert: gate_proj, up_proj, down_proj), and, with the
+`experts` option on (default), the fused 3-D expert weights `experts.gate_up_proj` and `experts.down_proj`
+through PEFT's `target_parameters` (one rank-r factor pair per expert, stacked). Routers, embeddings, norms
+and the LM head stay frozen, as is usual for LoRA on MoE models.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from revbench.methods.base import Method
+
+ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+DENSE_MLP = ("gate_proj", "up_proj", "down_proj")
+FUSED_EXPERTS = ("experts.gate_up_proj", "experts.down_proj")
+
+
+class Lora(Method):
+    name = "lora"
+    precision = "the model's dtype (float32 on CPU, bfloat16 on CUDA), for the frozen weights and the adapters alike"
+
+    def __init__(self, spec: Any) -> None:
+        super().__init__(spec)
+        options = spec.options
+        self.rank = int(options.get("rank", 8))
+        self.alpha = float(options.get("alpha", 2 * self.rank))
+        self.experts = bool(options.get("experts", True))
+        if self.rank < 1:
+            raise ValueError(f"lora rank must be >= 1, got {self.rank}")
+
+    @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        return ("rank", "alpha", "experts")
+
+    def prepare(self) -> None:
+        from peft import LoraConfig, get_peft_model
+
+        base = self.build_model()
+        config = LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=0.0, bias="none",
+                            target_modules=[*ATTENTION, *DENSE_MLP],
+                            target_parameters=list(FUSED_EXPERTS) if self.experts else None)
+        torch.manual_seed(self.spec.seed)  # the adapters' random init (B starts at zero, so the model is unchanged)
+        self.model = get_peft_model(base, config).train()
+        self.optimizer = self.spec.optimizer.build([p for p in self.model.parameters() if p.requires_grad])
+
+    def train_step(self, input_ids: torch.Tensor) -> torch.Tensor:
+        input_ids = input_ids.to(self.device)
+        loss = self.model(input_ids=input_ids, labels=input_ids).loss
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def stats(self) -> dict[str, Any]:
+        assert self.model is not None, "prepare() first"
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.model.parameters())
+        return {"rank": self.rank, "alpha": self.alpha, "fused_experts_targeted": self.experts,
+                "trainable_parameters": trainable, "total_parameters": total}

@@ -1,0 +1,150 @@
+"""From a suite to runs: expand the grid, resolve every default (device, dtype, preset sizes), name each run.
+
+A run's `config` is what its record carries: the full TrainSpec with nothing left to "auto" or to a
+preset's default, plus the step counts, repeat, memory budget, GPU count and timeout.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from revbench.data import Workload
+from revbench.methods import OptimizerSpec, TrainSpec, method_class
+from revbench.models import ModelSpec, build_config, num_experts, parse_dtype
+from revbench.orchestrator.schema import FieldError, set_dotted
+from revbench.orchestrator.suite import Suite, SuiteError, parse_suite
+from revbench.records import run_id
+
+# Settings that change how long a run may take, not what it measures: a different value is the same run.
+_NOT_IDENTITY = ("timeout_s",)
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    suite: str
+    method: str
+    config: dict[str, Any]
+
+    @property
+    def run_id(self) -> str:
+        identity = {k: v for k, v in self.config.items() if k not in _NOT_IDENTITY}
+        return run_id(self.suite, self.method, identity, self.config["repeat"])
+
+    @property
+    def label(self) -> str:
+        model, workload = self.config["model"], self.config["workload"]
+        text = f"{self.method} · {model['preset']} L{model['layers']} · {workload['batch']}×{workload['seq']}"
+        if self.config["memory_budget_bytes"] is not None:
+            text += f" · budget {self.config['memory_budget_bytes'] / 2**20:,.0f} MiB"
+        return text + (f" · r{self.config['repeat']}" if self.config["repeat"] else "")
+
+
+def resolve_device(device: str, gpus: int = 1) -> str:
+    """`auto` becomes cuda when a GPU is present, else cpu; a device that is not here is refused."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    kind = torch.device(device).type
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise FieldError("device", f"asks for {device!r} but CUDA is not available here "
+                         "(use --device cpu, or --device auto for the best device present)")
+    if gpus > 1:
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if kind != "cuda" or count < gpus:
+            raise FieldError("gpus", f"asks for {gpus} GPUs, but this machine has {count} CUDA device(s) and the "
+                             f"run is on {device!r}; a multi-GPU run is launched through torchrun and needs "
+                             f"that many CUDA devices (use --set gpus=1 to run on one device)")
+    return device
+
+
+def resolve_model(spec: ModelSpec, device: str) -> ModelSpec:
+    """The preset's sizes written out and the dtype made concrete, so the record says what was built."""
+    dtype = str(parse_dtype(spec.dtype, device)).removeprefix("torch.")
+    if spec.path is not None:  # a checkpoint's config is only known once loaded
+        return dataclasses.replace(spec, dtype=dtype)
+    config = build_config(spec)
+    return dataclasses.replace(spec, dtype=dtype, layers=config.num_hidden_layers, hidden=config.hidden_size,
+                               experts=num_experts(config), top_k=config.num_experts_per_tok)
+
+
+def grid_points(suite: Suite) -> list[Suite]:
+    """One sweep-free suite per point of the grids, in order, each point once."""
+    base = suite.to_dict()
+    base["sweeps"], base["search"] = [], []
+    points: list[Suite] = []
+    for index, grid in enumerate(suite.sweeps or [{}]):
+        for values in itertools.product(*grid.values()):
+            data = copy.deepcopy(base)
+            assigned = dict(zip(grid, values, strict=True))
+            for key, value in assigned.items():
+                set_dotted(data, key, value)
+            point = parse_suite(data, f"sweeps[{index}] at {assigned}")
+            if point not in points:
+                points.append(point)
+    return points
+
+
+def with_value(point: Suite, key: str, value: Any) -> Suite:
+    data = point.to_dict()
+    set_dotted(data, key, value)
+    return parse_suite(data, f"{key}={value!r}")
+
+
+def plan_run(point: Suite, method: str, repeat: int = 0, search_key: str | None = None) -> PlannedRun:
+    try:
+        device = resolve_device(point.device, point.gpus)
+    except FieldError as exc:
+        raise SuiteError(f"suite {point.name!r}: {exc}") from None
+    spec = TrainSpec(model=resolve_model(point.model, device), workload=point.workload, optimizer=point.optimizer,
+                     seed=point.seed, device=device, options=dict(point.options.get(method, {})))
+    config = {
+        **spec.to_dict(),
+        "steps": point.steps,
+        "warmup": point.warmup,
+        "repeat": repeat,
+        "gpus": point.gpus,
+        "memory_budget_bytes": point.memory_budget,
+        "search_key": search_key,
+        "timeout_s": point.timeout_s,
+    }
+    return PlannedRun(suite=point.name, method=method, config=config)
+
+
+def grid_runs(suite: Suite) -> list[PlannedRun]:
+    """Every run of the grid: point by point, method by method, repeat by repeat. Points that differ only
+    in another method's options give the same run of this method, which is listed once."""
+    runs = {}
+    for point in grid_points(suite):
+        for method in suite.methods:
+            for repeat in range(suite.repeats):
+                run = plan_run(point, method, repeat)
+                runs.setdefault(run.run_id, run)
+    return list(runs.values())
+
+
+def check_options(suite: Suite) -> None:
+    """Method options against each method's `option_names()`, before anything runs. A method whose module
+    cannot be imported is left to its run, whose record then says why."""
+    for method, options in suite.options.items():
+        if method not in suite.methods or not options:
+            continue
+        try:
+            cls = method_class(method)
+        except ImportError:
+            continue
+        unknown = sorted(set(options) - set(cls.option_names()))
+        if unknown:
+            raise SuiteError(f"suite {suite.name!r}: options.{method}.{unknown[0]}: unknown option; {method} takes "
+                             f"{', '.join(cls.option_names()) or 'no options'}")
+
+
+def train_spec(config: dict[str, Any]) -> TrainSpec:
+    """The TrainSpec of a run's config (the inverse of `plan_run`)."""
+    return TrainSpec(model=ModelSpec(**config["model"]), workload=Workload(**config["workload"]),
+                     optimizer=OptimizerSpec(**config["optimizer"]), seed=config["seed"], device=config["device"],
+                     options=dict(config["options"]))

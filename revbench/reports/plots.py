@@ -1,0 +1,202 @@
+"""PNG plots of the records (matplotlib): each function returns a figure, or None when the records hold
+nothing it could show (e.g. no depth sweep)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed (or present on CI)
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+from revbench.reports.frame import CATEGORIES, CATEGORY_COLUMNS, POINT, TENSOR, TOKENS
+from revbench.reports.units import UNITS, unit_for
+
+AXES = {"layers": "depth (decoder layers)", "seq": "sequence length (tokens)", "batch": "batch size (sequences)"}
+CATEGORY_COLORS = {"params": "#4c72b0", "grads": "#dd8452", "optimizer": "#55a868", "activations": "#c44e52"}
+
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+LINESTYLES = ("-", "--", "-.", ":")
+
+
+def variant_colors(variants: list[str]) -> dict[str, str]:
+    """One color per variant, the same in every plot of a report."""
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return {v: cycle[i % len(cycle)] for i, v in enumerate(dict.fromkeys(variants))}
+
+
+def _style(colors: dict[str, str], name: str) -> dict[str, str]:
+    """Color, marker and line style of a variant: lines that coincide (equal losses) stay visible."""
+    index = list(colors).index(name) if name in colors else 0
+    return {"color": colors.get(name, "gray"), "marker": MARKERS[index % len(MARKERS)],
+            "linestyle": LINESTYLES[index % len(LINESTYLES)]}
+
+
+def _figure(width: float = 8.0, height: float = 5.0, ncols: int = 1) -> tuple[Figure, list]:
+    fig, axes = plt.subplots(1, ncols, figsize=(width, height), squeeze=False)
+    return fig, list(axes[0])
+
+
+def _finish(fig: Figure, title: str) -> Figure:
+    fig.suptitle(title, fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+def memory_vs_throughput(summary: pd.DataFrame, colors: dict[str, str]) -> Figure | None:
+    """One point per variant and config: where each method sits between memory and speed."""
+    ran = summary[summary[TENSOR].notna() & summary[TOKENS].notna()]
+    if ran.empty:
+        return None
+    unit = unit_for(ran[TENSOR])
+    fig, (ax,) = _figure()
+    several_points = ran["point"].nunique() > 1
+    for name, rows in ran.groupby("variant", sort=False):
+        style = _style(colors, name)
+        ax.scatter(rows[TOKENS], rows[TENSOR] / UNITS[unit], s=70, color=style["color"], marker=style["marker"],
+                   label=name, alpha=0.85, edgecolor="black", linewidth=0.5, zorder=3)
+    if ran[TOKENS].max() > 20 * ran[TOKENS].min():
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    else:
+        ax.set_xlim(0, ran[TOKENS].max() * 1.25)
+    ax.set_ylim(0, (ran[TENSOR] / UNITS[unit]).max() * 1.15)
+    _label_points(ax, ran, unit, several_points)
+    ax.set_xlabel("throughput (tokens/s, median step)")
+    ax.set_ylabel(f"peak tensor memory ({unit})")
+    ax.grid(alpha=0.3)
+    ax.legend(title="method", fontsize=8, loc="best")
+    subtitle = "one point per method and config" if several_points else ran["point"].iloc[0]
+    return _finish(fig, f"Peak tensor memory vs throughput\n{subtitle}")
+
+
+# Where a point's label may go, tried in turn: (x, y) offset in points and horizontal alignment.
+_LABEL_SPOTS = ((6, 4, "left"), (6, -11, "left"), (-6, 4, "right"), (-6, -11, "right"), (0, 9, "center"))
+
+
+def _label_points(ax: plt.Axes, ran: pd.DataFrame, unit: str, several_points: bool) -> None:
+    """Name each point (its method, or its config when there are several) in the first spot beside it
+    where the label overprints no other; a point with no free spot keeps only its legend entry."""
+    fig = ax.figure
+    fig.canvas.draw()  # fixes the axes transforms so label boxes can be measured
+    taken = []
+    renderer = fig.canvas.get_renderer()
+    for _, row in ran.iterrows():
+        xy = (row[TOKENS], row[TENSOR] / UNITS[unit])
+        text = f"L{row['layers']} {row['batch']}×{row['seq']}" if several_points else row["variant"]
+        for dx, dy, align in _LABEL_SPOTS:
+            label = ax.annotate(text, xy, textcoords="offset points", xytext=(dx, dy), ha=align, fontsize=7,
+                                color="dimgray")
+            box = label.get_window_extent(renderer).expanded(1.05, 1.2)
+            if not any(box.overlaps(other) for other in taken) and ax.bbox.contains(*box.p1):
+                taken.append(box)
+                break
+            label.remove()
+
+
+def memory_vs_axis(summary: pd.DataFrame, axis: str, colors: dict[str, str]) -> Figure | None:
+    """Peak memory and throughput against one of depth, sequence length and batch, the rest held fixed.
+    A line needs two or more values of `axis` at otherwise equal settings."""
+    ran = summary[summary[TENSOR].notna()]
+    fixed = [c for c in POINT if c != axis]
+    lines = [(key, rows.sort_values(axis)) for key, rows in ran.groupby(["variant", *fixed], sort=False, dropna=False)
+             if rows[axis].nunique() >= 2]
+    if not lines:
+        return None
+    unit = unit_for(ran[TENSOR])
+    fig, (mem_ax, tok_ax) = _figure(width=12.0, ncols=2)
+    per_variant = pd.Series([key[0] for key, _ in lines]).value_counts()
+    for key, rows in lines:
+        name = key[0]
+        label = name
+        if per_variant[name] > 1:  # the same method at several fixed settings: say which
+            first = rows.iloc[0]
+            label += " · " + ", ".join(f"{c} {first[c]}" for c in ("layers", "batch", "seq") if c != axis)
+        style = {**_style(colors, name), "label": label}
+        mem_ax.plot(rows[axis], rows[TENSOR] / UNITS[unit], **style)
+        tok_ax.plot(rows[axis], rows[TOKENS], **style)
+    for ax, ylabel in ((mem_ax, f"peak tensor memory ({unit})"), (tok_ax, "throughput (tokens/s, median step)")):
+        ax.set_xlabel(AXES[axis])
+        ax.set_ylabel(ylabel)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(ran[axis].unique()), labels=[str(v) for v in sorted(ran[axis].unique())])
+        ax.grid(alpha=0.3)
+    mem_ax.set_title("peak tensor memory")
+    tok_ax.set_title("throughput")
+    mem_ax.legend(title="method", fontsize=8, loc="best")
+    return _finish(fig, f"Memory and throughput vs {AXES[axis]}")
+
+
+def memory_breakdown(point: pd.DataFrame, title: str) -> Figure | None:
+    """Stacked bars: what the peak holds, by category, one bar per variant at one point."""
+    ran = point[point[TENSOR].notna()]
+    if ran.empty:
+        return None
+    unit = unit_for(ran[TENSOR])
+    fig, (ax,) = _figure(width=max(6.0, 1.2 * len(ran) + 3))
+    bottom = pd.Series(0.0, index=ran.index)
+    for category, column in zip(CATEGORIES, CATEGORY_COLUMNS, strict=True):
+        heights = ran[column].fillna(0) / UNITS[unit]
+        ax.bar(ran["variant"], heights, bottom=bottom, label=category, color=CATEGORY_COLORS[category])
+        bottom += heights
+    for x, total in enumerate(bottom):
+        ax.annotate(f"{total:,.1f}", (x, total), ha="center", va="bottom", fontsize=8, xytext=(0, 2),
+                    textcoords="offset points")
+    ax.set_ylabel(f"peak tensor memory ({unit})")
+    ax.set_xlabel("method")
+    ax.tick_params(axis="x", labelrotation=25)
+    ax.set_ylim(0, bottom.max() * 1.12)
+    ax.grid(axis="y", alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()  # top category first, as stacked
+    ax.legend(handles[::-1], labels[::-1], title="category", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return _finish(fig, f"Peak tensor memory by category\n{title}")
+
+
+def loss_curves(point: pd.DataFrame, title: str, colors: dict[str, str]) -> Figure | None:
+    """Training loss of every step (warm-up, profiled and timed) per variant at one point."""
+    ran = point[point["losses"].map(lambda v: isinstance(v, list) and len(v) > 0)]
+    if ran.empty:
+        return None
+    fig, (ax,) = _figure(width=10.0)
+    for _, row in ran.iterrows():
+        steps = range(1, len(row["losses"]) + 1)
+        ax.plot(steps, row["losses"], markersize=5, alpha=0.85, label=row["variant"], **_style(colors, row["variant"]))
+    first = ran.iloc[0]
+    if pd.notna(first["warmup"]):  # the step phases of the harness: warm-up, one profiled step, timed steps
+        profiled = int(first["warmup"]) + 1
+        ax.axvspan(0.5, profiled - 0.5, color="gray", alpha=0.08, label="warm-up (not measured)")
+        ax.axvspan(profiled - 0.5, profiled + 0.5, color="gold", alpha=0.15, label="profiled step (bytes)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("training step")
+    ax.set_ylabel("training loss (cross-entropy + router aux loss)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return _finish(fig, f"Loss per step\n{title}")
+
+
+def largest_fit(budget: pd.DataFrame, colors: dict[str, str]) -> Figure | None:
+    """The budget search: per searched field, the largest value each variant fits."""
+    if budget.empty:
+        return None
+    keys = list(dict.fromkeys(budget["searched"]))
+    fig, axes = _figure(width=6.0 * len(keys), ncols=len(keys))
+    for ax, key in zip(axes, keys, strict=True):
+        rows = budget[budget["searched"] == key]
+        values = rows["largest fit"].fillna(0)
+        ax.barh(rows["method"], values, color=[colors.get(v, "gray") for v in rows["method"]])
+        for y, (value, oom) in enumerate(zip(values, rows["first OOM"], strict=True)):
+            note = f"{value:,.0f}" + (f" (OOM at {oom:,.0f})" if pd.notna(oom) else " (no OOM seen)")
+            ax.annotate(note, (value, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
+        ax.set_xlabel(f"largest {AXES.get(key, key)} that fits")
+        ax.set_ylabel("method")
+        ax.invert_yaxis()
+        ax.set_xlim(0, max(values.max(), 1) * 1.5)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_title(f"{key} under {rows['budget'].iloc[0]}")
+    return _finish(fig, "Largest value that fits the memory budget (found by real runs)")

@@ -1,0 +1,171 @@
+"""One layer's backward without its activations: reconstruct its input from its output, then backprop.
+
+RevNet-style, in two phases that never hold both branches' graphs at once:
+1. MoE branch on the known Y1 (with grad, routing replayed): X2 = Y2 - G(Y1) in closed form, and
+   G's backward gives its parameter gradients and dL/dY1 += J_G^T dL/dY2.
+2. Attention branch: K/V from X2 once, X1 <- Y1 - F(X1, X2) from X1 = Y1 until the per-token relative
+   change is below tol (or the cap, or a stall); then F with grad on (X1, X2). Its output X1 + F is
+   compared with the known Y1: that residual is the reconstruction's own, honest check.
+A layer that misses its tolerance takes the safe path, as options.fallback says: its exact input is
+recomputed forward from the saved stack input (counted), or it warns, or it raises.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch._subclasses.fake_tensor import is_fake
+
+from revbench.revffn.routing import RouterTap
+from revbench.revffn.stack import LayerStats, StackRun, exact_input, token_rel
+
+# Under fake tensors (estimates) nothing can be read back, so the fixed point runs this many iterations;
+# its peak memory does not depend on the count.
+FAKE_ITERATIONS = 2
+# Iterations without a new smallest change after which the fixed point is declared stalled.
+PATIENCE = 5
+
+Pair = tuple[torch.Tensor, torch.Tensor]
+
+
+class ReconstructionError(RuntimeError):
+    """A layer's input could not be reconstructed within tolerance, and fallback="raise"."""
+
+
+@dataclass
+class LayerGrads:
+    x: Pair  # the layer's input as used for its gradients: the output of the layer below
+    grad_x: Pair
+    params: dict[int, torch.Tensor] = field(default_factory=dict)  # id(parameter) -> gradient
+    stats: LayerStats | None = None
+
+    def add(self, params: list[torch.nn.Parameter], grads: tuple[torch.Tensor | None, ...]) -> None:
+        for p, grad in zip(params, grads, strict=True):
+            if grad is not None:
+                self.params[id(p)] = grad if id(p) not in self.params else self.params[id(p)] + grad
+
+
+def _leaves(x: Pair) -> Pair:
+    return x[0].detach().requires_grad_(True), x[1].detach().requires_grad_(True)
+
+
+def fixed_point(run: StackRun, i: int, y1: torch.Tensor, x2: torch.Tensor, tol: float, fake: bool
+                ) -> tuple[torch.Tensor, int, float | None]:
+    """X1 with X1 + F(X1, X2) = Y1: (X1, iterations, last per-token relative change)."""
+    block, rng, options = run.blocks[i], run.records[i].rng, run.options
+    with torch.no_grad():
+        with rng.branch("attn", False):
+            kv = block.keys_values(x2, run.inputs)
+            if not block.cross:
+                return y1 - block.attn_update(x2, kv, run.inputs), 0, None
+        x1, delta, iterations = y1, None, 0
+        best, stalled = float("inf"), 0
+        cap = min(options.max_iters, FAKE_ITERATIONS) if fake else options.max_iters
+        while iterations < cap:
+            with rng.branch("attn", False):  # the same dropout mask in every evaluation of F
+                new = y1 - block.attn_update(x1, kv, run.inputs)
+            iterations += 1
+            if not fake:
+                delta = token_rel((new,), (x1,)).item()
+            x1 = new
+            if delta is None:
+                continue
+            if delta <= tol:
+                break
+            best, stalled = (delta, 0) if delta < best else (best, stalled + 1)
+            if stalled >= PATIENCE:  # not contracting, or stuck on a rounding floor above tol
+                break
+    return x1, iterations, delta
+
+
+def _attention_with_grad(run: StackRun, i: int, x: Pair) -> tuple[torch.Tensor, Pair]:
+    block, rng = run.blocks[i], run.records[i].rng
+    leaves = _leaves(x)
+    with torch.enable_grad(), rng.branch("attn", False):
+        kv = block.keys_values(leaves[1], run.inputs)
+        y1 = leaves[0] + block.attn_update(leaves[0] if block.cross else leaves[1], kv, run.inputs)
+    return y1, leaves
+
+
+def _whole_block(run: StackRun, i: int, x: Pair, g: Pair, grad_logits: torch.Tensor | None,
+                 wanted: list[torch.nn.Parameter]) -> LayerGrads:
+    """The safe path: the block re-run with grad on its exact input and backpropagated in one go."""
+    block, rec = run.blocks[i], run.records[i]
+    leaves = _leaves(x)
+    tap = RouterTap(block.router, block.ops, stored=rec.index)
+    with torch.enable_grad():
+        y1, y2 = block(*leaves, run.inputs, rec.rng, tap)
+    outputs, grads = [y1, y2], list(g)
+    if tap.logits is not None and grad_logits is not None:
+        outputs.append(tap.logits)
+        grads.append(grad_logits)
+    result = torch.autograd.grad(outputs, [*leaves, *wanted], grads, allow_unused=True)
+    out = LayerGrads(x, (result[0], result[1]))
+    out.add(wanted, result[2:])
+    return out
+
+
+def _missed(run: StackRun, i: int, message: str) -> bool:
+    """Act on a missed tolerance; True when the caller must take the safe path."""
+    message = f"RevFFN layer {i}: {message}"
+    if run.options.fallback == "raise":
+        raise ReconstructionError(message)
+    if run.options.fallback == "warn":
+        warnings.warn(message + "; continuing with the approximate input (fallback='warn')", stacklevel=3)
+        return False
+    return True
+
+
+def layer_backward(run: StackRun, i: int, y: Pair, g: Pair, grad_logits: torch.Tensor | None,
+                   hidden: torch.Tensor | None) -> LayerGrads:
+    """Layer i's input and the gradients of its input and parameters, from its output y and dL/dy."""
+    block, rec, options = run.blocks[i], run.records[i], run.options
+    fake = is_fake(y[0])
+    tol = options.tolerance(run.autocast.compute_dtype(block.adapter_for("attn").up.weight.dtype))
+    wanted = [p for p in block.parameters() if p.requires_grad]
+    (y1, y2), (g1, g2) = y, g
+
+    # Phase 1: the MoE branch on the known Y1.
+    y1_leaf = y1.detach().requires_grad_(True)
+    tap = RouterTap(block.router, block.ops, stored=rec.index, replay=options.replay_routing)
+    with torch.enable_grad(), rec.rng.branch("moe", False):
+        update = block.moe_update(y1_leaf, tap)
+    flips = None if fake or tap.flips is None else int(tap.flips.item())
+    if flips and not options.replay_routing and _missed(
+            run, i, f"{flips} tokens' recomputed top-k differs from the forward's (replay_routing=False)"):
+        result = _whole_block(run, i, exact_input(run, i, hidden), g, grad_logits, wanted)
+        result.stats = LayerStats(i, 0, None, None, True, flips)
+        return result
+    x2 = (y2 - update).detach()
+    outputs, grads = [update], [g2]
+    if tap.logits is not None and grad_logits is not None:
+        outputs.append(tap.logits)
+        grads.append(grad_logits)
+    phase1 = torch.autograd.grad(outputs, [y1_leaf, *wanted], grads, allow_unused=True)
+    g1 = g1 + phase1[0]
+    del update, outputs, tap  # free the MoE graph before the attention branch
+
+    # Phase 2: the attention branch, X1 by fixed point.
+    x1, iterations, delta = fixed_point(run, i, y1, x2, tol, fake)
+    x = (x1, x2)
+    input_error = None if rec.verify_input is None or fake else token_rel(x, rec.verify_input).item()
+    new_y1, leaves = _attention_with_grad(run, i, x)
+    residual = None
+    if not fake:
+        with torch.no_grad():
+            residual = token_rel((new_y1,), (y1,)).item()
+    fallback = False
+    if ((delta is not None and delta > tol) or (residual is not None and residual > tol)) and _missed(
+            run, i, f"reconstruction missed its tolerance {tol:.1e} (residual {residual:.2e}, "
+                    f"{iterations} fixed-point iterations, last change {delta or 0:.2e})"):
+        del new_y1, leaves
+        x, fallback = exact_input(run, i, hidden), True
+        new_y1, leaves = _attention_with_grad(run, i, x)
+    phase2 = torch.autograd.grad([new_y1], [*leaves, *wanted], [g1], allow_unused=True)
+    result = LayerGrads(x, (phase2[0], g2 + phase2[1]))
+    result.add(wanted, phase1[1:])
+    result.add(wanted, phase2[2:])
+    result.stats = LayerStats(i, iterations, delta, residual, fallback, flips, input_error)
+    return result

@@ -1,0 +1,173 @@
+"""The converted model: the original embeddings, rotary, final norm and LM head around reversible blocks."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.loss.loss_utils import ForCausalLMLoss
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+from transformers.modeling_outputs import MoeCausalLMOutputWithPast
+
+from revbench.models.families import num_experts
+from revbench.revffn.block import NEW_MODULES, RevFFNBlock, StackInputs
+from revbench.revffn.families import family_ops
+from revbench.revffn.options import RUNTIME_OPTIONS, RevFFNOptions
+from revbench.revffn.replay import AutocastState, BranchRng
+from revbench.revffn.reversible import ReversibleStack
+from revbench.revffn.routing import RouterTap
+from revbench.revffn.stack import LayerStats, StackRun, split
+
+
+def layer_type(config: PretrainedConfig, index: int) -> str:
+    types = getattr(config, "layer_types", None)
+    return types[index] if types else "full_attention"
+
+
+def _mask_kwargs(fn: Any, config: PretrainedConfig, embeds: torch.Tensor, attention_mask: torch.Tensor | None,
+                 position_ids: torch.Tensor) -> dict[str, Any]:
+    """Keyword arguments for the installed transformers' mask functions, whose names moved between 5.x releases."""
+    params = inspect.signature(fn).parameters
+    kwargs: dict[str, Any] = {"config": config, "attention_mask": attention_mask, "position_ids": position_ids}
+    kwargs["inputs_embeds" if "inputs_embeds" in params else "input_embeds"] = embeds
+    for name in ("cache", "past_key_values"):
+        if name in params:
+            kwargs[name] = None
+    if "cache_position" in params:
+        kwargs["cache_position"] = torch.arange(embeds.shape[1], device=embeds.device)
+    return kwargs
+
+
+def causal_masks(config: PretrainedConfig, embeds: torch.Tensor, attention_mask: torch.Tensor | None,
+                 position_ids: torch.Tensor) -> dict[str, torch.Tensor | None]:
+    """The attention mask per layer type, as the HF model builds them (None lets sdpa use is_causal)."""
+    masks: dict[str, torch.Tensor | None] = {}
+    for kind in sorted({layer_type(config, i) for i in range(config.num_hidden_layers)}):
+        fn = create_sliding_window_causal_mask if kind == "sliding_attention" else create_causal_mask
+        masks[kind] = fn(**_mask_kwargs(fn, config, embeds, attention_mask, position_ids))
+    return masks
+
+
+class RevFFNModel(nn.Module):
+    """Mirrors the HF base model's names (model.embed_tokens, model.layers.N...), so pretrained keys match."""
+
+    def __init__(self, base: nn.Module, blocks: list[RevFFNBlock]) -> None:
+        super().__init__()
+        self.embed_tokens = base.embed_tokens
+        self.layers = nn.ModuleList(blocks)
+        self.norm = base.norm
+        self.rotary_emb = base.rotary_emb
+
+
+class RevFFNForCausalLM(nn.Module):
+    """A RevFFN causal LM. Build it with `revbench.revffn.convert(hf_model, **options)`."""
+
+    def __init__(self, hf_model: PreTrainedModel, options: RevFFNOptions) -> None:
+        super().__init__()
+        config = hf_model.config
+        self.ops = family_ops(config)
+        self.options = options
+        config.revffn = options.to_dict()  # saved with the config, so a checkpoint knows how it was converted
+        self.config = config
+        blocks = [RevFFNBlock(layer, self.ops, options, config, layer_type(config, i))
+                  for i, layer in enumerate(hf_model.model.layers)]
+        self.model = RevFFNModel(hf_model.model, blocks)
+        self.lm_head = hf_model.lm_head
+        self._last_stats: list[LayerStats] = []
+        self.fallback_counts = [0] * len(blocks)
+        self.backwards = 0
+
+    def configure(self, **options: Any) -> None:
+        """Change options that act at run time (mode, tol, max_iters, fallback, replay_routing, verify);
+        the others shape the blocks and are fixed at conversion."""
+        fixed = sorted(set(options) - set(RUNTIME_OPTIONS))
+        if fixed:
+            raise ValueError(f"RevFFN option {', '.join(fixed)} is fixed at conversion; "
+                             f"at run time only {', '.join(RUNTIME_OPTIONS)} can change")
+        self.options = self.options.replace(**options)
+        self.config.revffn = self.options.to_dict()
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    def new_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """The adapters and new norms a conversion added (stage 1 of the two-stage schedule trains these)."""
+        return [(n, p) for n, p in self.named_parameters() if set(n.split(".")) & set(NEW_MODULES)]
+
+    def forward(self, input_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                inputs_embeds: torch.Tensor | None = None, output_router_logits: bool | None = None,
+                **kwargs: Any) -> MoeCausalLMOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        embeds = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        if position_ids is None:
+            position_ids = torch.arange(embeds.shape[1], device=embeds.device).unsqueeze(0)
+        inputs = StackInputs(self.model.rotary_emb(embeds, position_ids),
+                             causal_masks(self.config, embeds, attention_mask, position_ids))
+        hidden, router_logits = self._stack(embeds, inputs)
+        logits = self.lm_head(self.model.norm(hidden.to(embeds.dtype)))
+        loss = None
+        if labels is not None:
+            loss = ForCausalLMLoss(logits, labels, self.config.vocab_size, **kwargs)
+        if output_router_logits is None:
+            output_router_logits = self.config.output_router_logits
+        aux_loss = None
+        if output_router_logits and router_logits:
+            # Exactly what the HF causal LM adds: the family's load-balancing loss times the coefficient.
+            aux_loss = self.ops.load_balancing_loss(tuple(router_logits), num_experts(self.config),
+                                                    self.config.num_experts_per_tok, attention_mask)
+            if loss is not None:
+                loss = loss + self.config.router_aux_loss_coef * aux_loss.to(loss.device)
+        return MoeCausalLMOutputWithPast(loss=loss, aux_loss=aux_loss, logits=logits,
+                                         router_logits=tuple(router_logits) if output_router_logits else None)
+
+    def _stack(self, embeds: torch.Tensor, inputs: StackInputs) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        blocks = list(self.model.layers)
+        if self.options.mode == "vanilla" or not torch.is_grad_enabled():
+            # Plain autograd over the same blocks: the reference, and inference (nothing to reconstruct).
+            x1, x2 = split(blocks[0].stream(embeds))
+            logits = []
+            for block in blocks:
+                tap = RouterTap(block.router, self.ops)
+                x1, x2 = block(x1, x2, inputs, BranchRng(embeds.device), tap)
+                if tap.logits is not None:
+                    logits.append(tap.logits)
+            return torch.cat([x1, x2], dim=-1), logits
+        run = StackRun(blocks, self.options, inputs, AutocastState.capture(embeds.device.type),
+                       list(self.model.layers.parameters()), self._record_stats)
+        out, *logits = ReversibleStack.apply(run, embeds, *run.params)
+        return out, logits
+
+    def _record_stats(self, stats: list[LayerStats]) -> None:
+        self._last_stats = stats
+        self.backwards += 1
+        for s in stats:
+            self.fallback_counts[s.layer] += int(s.fallback)
+
+    def reconstruction_stats(self) -> list[dict[str, Any]]:
+        """Per layer, from the last backward: iterations, last fixed-point change, output residual,
+        fallback flag, routing flips that replay prevented (None where not measurable, e.g. fake tensors)."""
+        return [s.to_dict() for s in self._last_stats]
+
+    def reconstruction_summary(self) -> dict[str, Any]:
+        """The last backward's statistics in a few numbers, plus fallbacks counted since conversion."""
+        stats = self._last_stats
+        measured = [s for s in stats if s.residual is not None]
+        return {
+            "backwards": self.backwards,
+            "mean_iterations": sum(s.iterations for s in stats) / len(stats) if stats else None,
+            "max_iterations": max((s.iterations for s in stats), default=None),
+            "worst_residual": max((s.residual for s in measured), default=None),
+            "worst_fixed_point_delta": max((s.fixed_point_delta for s in stats if s.fixed_point_delta is not None),
+                                           default=None),
+            "fallbacks_last_backward": sum(s.fallback for s in stats),
+            "fallbacks_total": sum(self.fallback_counts),
+            "fallbacks_per_layer": list(self.fallback_counts),
+            # Tokens whose recomputed top-k differed from the forward's (replayed unless replay_routing=False).
+            "routing_flips": sum(s.routing_flips or 0 for s in stats),
+        }

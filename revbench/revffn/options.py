@@ -1,0 +1,87 @@
+"""RevFFN's options: every choice paper.md marks [ours] is a named, documented field here."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+
+COUPLINGS = ("cross", "closed-form")
+MODES = ("reversible", "vanilla")
+ADAPTER_LAYOUTS = ("per-branch", "shared")
+NORM_PLACEMENTS = ("new", "pretrained")
+FALLBACKS = ("recompute", "warn", "raise")
+
+
+@dataclass(frozen=True)
+class RevFFNOptions:
+    """How a decoder stack becomes reversible.
+
+    coupling: "cross" is the paper's block, query from X1 and key/value from X2, inverted by a fixed-point
+        iteration; "closed-form" takes query, key and value from X2, so X1 = Y1 - F(X2) exactly (RevNet).
+    mode: "reversible" keeps no per-layer activations and rebuilds them in backward; "vanilla" runs the
+        same blocks through plain autograd (the reference the tests compare against).
+    adapters: "per-branch" gives attention and MoE their own up/down pair; "shared" uses one pair for both.
+    norm: "new" puts a new RMSNorm(d/2) before each up-adapter (the pretrained norm's scale is folded
+        into the up-adapter at init); "pretrained" applies the layer's own d-wide norms after the up-adapter.
+    fp32_streams: keep X1/X2 and the residual adds in float32 whatever the compute dtype, so reconstruction
+        drift is set by the branch outputs' precision and not by the streams'.
+    init_scale: the down-adapters start as init_scale * 0.5 [I I], so ||F|| / ||X1|| starts small enough
+        for the fixed point to contract (paper.md's table: it converges for ratios up to about 1).
+    tol: per-token relative tolerance for the fixed point and for the output residual check;
+        None means 8 * eps of the compute dtype (about 1e-6 in float32, 2e-15 in float64).
+    max_iters: iteration cap of the fixed point.
+    fallback: what a layer that misses its tolerance does: "recompute" rebuilds its exact input from the
+        saved stack input (counted in the statistics); "warn" keeps the approximate input and warns;
+        "raise" raises ReconstructionError.
+    replay_routing: reuse the forward's expert choices when recomputing; False is only for ablations.
+    verify: also keep every layer's input in forward and report the true reconstruction error (tests only:
+        it costs one hidden state per layer).
+    """
+
+    coupling: str = "cross"
+    mode: str = "reversible"
+    adapters: str = "per-branch"
+    norm: str = "new"
+    fp32_streams: bool = True
+    init_scale: float = 0.25
+    tol: float | None = None
+    max_iters: int = 50
+    fallback: str = "recompute"
+    replay_routing: bool = True
+    verify: bool = False
+
+    def __post_init__(self) -> None:
+        for name, choices in (("coupling", COUPLINGS), ("mode", MODES), ("adapters", ADAPTER_LAYOUTS),
+                              ("norm", NORM_PLACEMENTS), ("fallback", FALLBACKS)):
+            value = getattr(self, name)
+            if value not in choices:
+                raise ValueError(f"RevFFN option {name}={value!r} is not one of {', '.join(choices)}")
+        if self.max_iters < 1:
+            raise ValueError(f"RevFFN option max_iters must be >= 1, got {self.max_iters}")
+        if self.tol is not None and not self.tol > 0:
+            raise ValueError(f"RevFFN option tol must be > 0, got {self.tol}")
+        if not self.init_scale > 0:
+            raise ValueError(f"RevFFN option init_scale must be > 0, got {self.init_scale}")
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> RevFFNOptions:
+        unknown = sorted(set(kwargs) - set(OPTION_NAMES))
+        if unknown:
+            raise ValueError(f"unknown RevFFN option {', '.join(unknown)}; the options are {', '.join(OPTION_NAMES)}")
+        return cls(**kwargs)
+
+    def replace(self, **kwargs: Any) -> RevFFNOptions:
+        return RevFFNOptions.from_kwargs(**{**self.to_dict(), **kwargs})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def tolerance(self, compute_dtype: torch.dtype) -> float:
+        return self.tol if self.tol is not None else 8 * torch.finfo(compute_dtype).eps
+
+
+OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in fields(RevFFNOptions))
+# Options read at every forward/backward; the rest are built into the blocks by `convert`.
+RUNTIME_OPTIONS: tuple[str, ...] = ("mode", "tol", "max_iters", "fallback", "replay_routing", "verify")

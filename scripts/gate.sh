@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The CPU regression gate: run the smoke suite on CPU and check it against the committed reference
+# (results/reference/cpu-smoke). Exact tensor bytes gate at 0 %; timings are reported only.
+#   scripts/gate.sh            run and check (exit 1 on a regression, a missing run or a status change)
+#   scripts/gate.sh --refresh  run and record the result as the new reference (every run must be ok)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DS_ACCELERATOR=${DS_ACCELERATOR:-cpu}
+export OMP_NUM_THREADS=2  # the reference was recorded with 2 threads: kernels' scratch buffers may depend on it
+reference=results/reference/cpu-smoke
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+.venv/bin/python -m revbench run smoke --device cpu --out "$out" --no-report
+if [ "${1:-}" = --refresh ]; then
+  .venv/bin/python - "$out" <<'PY'
+import sys
+from revbench.check import load
+bad = [f"{r.method}: {r.status} ({r.error})" for r in load(sys.argv[1]) if r.status != "ok"]
+sys.exit("not recording a reference with failed runs:\n" + "\n".join(bad) if bad else 0)
+PY
+  mkdir -p "$reference"
+  cp "$out/results.jsonl" "$reference/results.jsonl"
+  echo "refreshed $reference/results.jsonl: review the diff and commit it"
+else
+  .venv/bin/python -m revbench check "$out" --against "$reference"
+fi
