@@ -125,8 +125,11 @@ def run_key(record: RunRecord) -> tuple[str, ...]:
 def run_label(record: RunRecord) -> str:
     model, options, workload = _label(record.config)
     method = f"{record.method} ({options})" if options else record.method
+    label = f"{record.suite} · {model} · {method} · {workload}"
+    if record.config.get("memory_budget_bytes"):
+        label += f" · budget {record.config['memory_budget_bytes'] / 2**20:,.0f} MiB"
     repeat = record.config.get("repeat", 0)
-    return f"{record.suite} · {model} · {method} · {workload}" + (f" · r{repeat}" if repeat else "")
+    return label + (f" · r{repeat}" if repeat else "")
 
 
 # Config fields that must agree between matched runs for their figures to mean the same thing.

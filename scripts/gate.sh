@@ -22,5 +22,7 @@ PY
   cp "$out/results.jsonl" "$reference/results.jsonl"
   echo "refreshed $reference/results.jsonl: review the diff and commit it"
 else
-  .venv/bin/python -m revbench check "$out" --against "$reference"
+  # ZeRO-3 gathers and releases partitioned parameters on its own schedule: once in five runs under load its
+  # peak held one more 128 KiB block (+0.2 % of the total, +0.8 % of activations). Every other method is exact.
+  .venv/bin/python -m revbench check "$out" --against "$reference" --tolerance zero3-offload:tensor_bytes=1
 fi

@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 device=cuda
 methods=""
 out=${OUT:-gpu-validate}
-reference=results/reference/gpu-h200
+reference=results/reference/gpu-h200/gpu
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) device=$2; shift 2 ;;

@@ -5,3 +5,5 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 export DS_ACCELERATOR=${DS_ACCELERATOR:-cpu}
 .venv/bin/python -m pytest -q "$@"
+# The CPU regression gate: the smoke suite's exact tensor bytes against results/reference/cpu-smoke.
+./scripts/gate.sh

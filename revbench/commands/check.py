@@ -18,9 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         f"compared. Default tolerances: {defaults}.")
     parser.add_argument("current", help="results directory or results.jsonl of the run to check")
     parser.add_argument("--against", required=True, metavar="REFERENCE", help="reference results directory or file")
-    parser.add_argument("--tolerance", action="append", default=[], metavar="METRIC=PCT",
+    parser.add_argument("--tolerance", action="append", default=[], metavar="[METHOD:]METRIC=PCT",
                         help="allowed change in percent for a metric or group (tensor_bytes, cuda_allocator, "
-                        "nvml, tokens_per_s, loss, ...); 'off' reports without gating; repeatable")
+                        "nvml, tokens_per_s, loss, ...), for every run or one method's; 'off' reports without "
+                        "gating; repeatable")
     parser.set_defaults(handler=handle)
 
 

@@ -115,7 +115,8 @@ def handle(args: argparse.Namespace) -> int:
         print(f"Estimated peak tensor bytes of one training step after a warm-up step: {about}, "
               f"batch {args.batch} x seq {args.seq}, {dtype}, {args.device} code path")
         print(estimate_table(results, args.budget).to_markdown())
+    adamw = ("AdamW's multi-tensor (foreach) path, as torch takes it on CUDA" if args.device == "cuda"
+             else "AdamW's per-parameter loop, as torch takes it on CPU")
     print(f"Wall time {wall:.1f} s. Fake tensors run on the CPU device; byte counts are device-independent up to "
-          "allocator rounding (CUDA rounds each block up to 512 B), and the cuda path takes AdamW's foreach "
-          "implementation as torch does on CUDA.")
+          f"allocator rounding (CUDA rounds each block up to 512 B); the {args.device} code path takes {adamw}.")
     return 0

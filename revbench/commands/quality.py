@@ -26,18 +26,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 def handle(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from revbench.quality.driver import QualityDriver
+    from revbench.quality.driver import run_quality
     from revbench.quality.report import render
     from revbench.quality.suite import load_quality_suite
 
-    console = Console()
+    console = Console(log_path=False)
     if not args.report_only:
         overrides = [*args.overrides, *([f"gguf={args.gguf}"] if args.gguf else [])]
         suite = load_quality_suite(args.suite, overrides)
         console.print(f"[bold]revbench quality[/]: {suite.description}", soft_wrap=True)
-        driver = QualityDriver(suite, args.out, log=lambda text: console.log(text, highlight=False))
         try:
-            driver.run()
+            run_quality(suite, args.out, log=lambda text: console.log(text, highlight=False))
         except KeyboardInterrupt:
             console.print(f"interrupted: finished runs are in {args.out / 'results.jsonl'}; run again to resume")
             return 130

@@ -13,16 +13,18 @@ from typing import Any
 
 import torch
 
-from revbench.methods.base import Method
+from revbench.methods.standard import Standard
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 DENSE_MLP = ("gate_proj", "up_proj", "down_proj")
 FUSED_EXPERTS = ("experts.gate_up_proj", "experts.down_proj")
 
 
-class Lora(Method):
+class Lora(Standard):
     name = "lora"
     precision = "the model's dtype (float32 on CPU, bfloat16 on CUDA), for the frozen weights and the adapters alike"
+    not_estimable = ("PEFT moves its new adapters with Module.to(), which cannot swap fake parameters "
+                     "(\"Couldn't swap Linear.weight\"), so LoRA cannot be built under fake tensors")
 
     def __init__(self, spec: Any) -> None:
         super().__init__(spec)
@@ -47,13 +49,6 @@ class Lora(Method):
         torch.manual_seed(self.spec.seed)  # the adapters' random init (B starts at zero, so the model is unchanged)
         self.model = get_peft_model(base, config).train()
         self.optimizer = self.spec.optimizer.build([p for p in self.model.parameters() if p.requires_grad])
-
-    def train_step(self, input_ids: torch.Tensor) -> torch.Tensor:
-        input_ids = input_ids.to(self.device)
-        loss = self.model(input_ids=input_ids, labels=input_ids).loss
-        loss.backward()
-        self.optimizer.step()
-        return loss.detach()
 
     def stats(self) -> dict[str, Any]:
         assert self.model is not None, "prepare() first"

@@ -39,12 +39,13 @@ def is_built(path: Path) -> bool:
     return (path / PROVENANCE).is_file()
 
 
-def save_upcycled(model: PreTrainedModel, path: Path, gguf: Path, spec: UpcycleSpec) -> Path:
-    """Write the checkpoint through a temporary sibling directory, so a killed build never looks complete."""
+def save_upcycled(model: PreTrainedModel, path: Path, info: dict[str, Any]) -> Path:
+    """Write the checkpoint and its provenance `info` through a temporary sibling directory, so a killed
+    build never looks complete."""
     partial = path.with_name(path.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial, safe_serialization=True)
-    (partial / PROVENANCE).write_text(json.dumps(provenance(gguf, spec), indent=2, sort_keys=True) + "\n")
+    (partial / PROVENANCE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     shutil.rmtree(path, ignore_errors=True)
     partial.rename(path)
     return path

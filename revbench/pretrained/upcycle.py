@@ -6,8 +6,8 @@ What each part starts from:
 - every routed expert: a copy of the dense MLP, in transformers' fused layout
   `gate_up_proj[e] = cat(gate_proj, up_proj)` [2I, H] and `down_proj[e] = down_proj` [H, I]; `expert_noise`
   multiplies each routed expert's weights by (1 + expert_noise * N(0, 1)), independently per expert, to break
-  their symmetry (0, the default, keeps the copies identical: sparse upcycling trains fine without noise, since
-  a random router already sends different tokens to different experts);
+  their symmetry (0, the default, keeps the copies identical, as sparse upcycling (Komatsuzaki et al., 2022)
+  does: a random router already sends different tokens, hence different gradients, to different experts);
 - the router: N(0, router_std²), the dense model's `initializer_range` by default. Routing weights are
   normalised over the top-k (Mixtral always; Qwen2-MoE via `norm_topk_prob=True`, which Qwen1.5-MoE itself
   leaves off), so with identical experts the routed mixture equals one dense MLP *whatever the router says*:

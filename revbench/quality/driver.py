@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import PreTrainedModel
 
 from revbench.env import environment_stamp
 from revbench.methods import TrainSpec, create_method
@@ -33,7 +34,7 @@ from revbench.pretrained import (
     tokenize_file,
     upcycle,
 )
-from revbench.pretrained.store import checkpoint_path, is_built, save_upcycled
+from revbench.pretrained.store import checkpoint_path, is_built, provenance, save_upcycled
 from revbench.quality.heldout import heldout_loss, perplexity
 from revbench.quality.suite import QualityRun, QualitySuite
 from revbench.records import RunRecord, append_record, read_records, run_id
@@ -55,22 +56,26 @@ def prepare_data(suite: QualitySuite, gguf: Path) -> QualityData:
 
 
 class QualityDriver:
-    def __init__(self, suite: QualitySuite, out_dir: str | Path, log: Log = print) -> None:
+    """Runs a quality suite against one upcycled checkpoint and one tokenised text (see `run_quality`)."""
+
+    def __init__(self, suite: QualitySuite, out_dir: str | Path, checkpoint: Path, data: QualityData,
+                 provenance: dict[str, Any], log: Log = print) -> None:
         self.suite = suite
         self.out_dir = Path(out_dir)
+        self.checkpoint = checkpoint
+        self.data = data
+        self.provenance = provenance  # where the weights come from (see revbench.pretrained.store)
+        self.source = provenance["source"]
         self.log = log
-        self.gguf = locate_gguf(suite.gguf)
-        self.checkpoint = checkpoint_path(self.gguf, suite.upcycle)
         self.env = environment_stamp()
         results = self.out_dir / "results.jsonl"
         self.done = {r.run_id for r in read_records(results) if r.status == "ok"} if results.is_file() else set()
-        self.data: QualityData | None = None
 
     # -- configs and records ---------------------------------------------------------------------------
     def base_config(self) -> dict[str, Any]:
         s = self.suite
-        return {"source": self.gguf.name, "upcycle": s.upcycle.to_dict(), "workload": s.workload.to_dict(),
-                "tokenizer": f"SmolLM2 BPE from {self.gguf.name}", "eval_batches": s.eval_batches,
+        return {"source": self.source, "upcycle": s.upcycle.to_dict(), "workload": s.workload.to_dict(),
+                "tokenizer": f"SmolLM2 BPE from {self.source}", "eval_batches": s.eval_batches,
                 "seed": s.seed, "device": s.device}
 
     def run_config(self, run: QualityRun) -> dict[str, Any]:
@@ -96,11 +101,10 @@ class QualityDriver:
         return record
 
     def evaluate(self, model: torch.nn.Module) -> float:
-        assert self.data is not None
         return heldout_loss(model, self.data.heldout)
 
     # -- the three kinds of run ------------------------------------------------------------------------
-    def ensure_upcycled(self) -> None:
+    def upcycle(self, load_dense: Callable[[], PreTrainedModel]) -> None:
         """Build the checkpoint if needed, and record the dense and upcycled held-out losses (they must agree:
         identical experts and normalised routing reproduce the dense model)."""
         config = {**self.base_config(), "label": "dense -> upcycled MoE"}
@@ -108,15 +112,15 @@ class QualityDriver:
             return
         started = time.time()
         spec: UpcycleSpec = self.suite.upcycle
-        self.log(f"loading {self.gguf.name} and upcycling it into {spec.family} ({spec.experts} experts, "
+        self.log(f"loading {self.source} and upcycling it into {spec.family} ({spec.experts} experts, "
                  f"top-{spec.top_k})")
-        dense = keep_layers(load_dense(self.gguf), spec.layers)
+        dense = keep_layers(load_dense(), spec.layers)
         moe = upcycle(dense, spec)
         dense_loss, moe_loss = self.evaluate(dense), self.evaluate(moe)
         self.log(f"held-out loss: dense {dense_loss:.5f}, upcycled {moe_loss:.5f} "
                  f"(difference {moe_loss - dense_loss:+.1e})")
         if not is_built(self.checkpoint):
-            save_upcycled(moe, self.checkpoint, self.gguf, spec)
+            save_upcycled(moe, self.checkpoint, self.provenance)
             self.log(f"checkpoint: {self.checkpoint}")
         dense_params, moe_params = parameter_count(dense), parameter_count(moe)
         del dense, moe
@@ -159,13 +163,13 @@ class QualityDriver:
                     t = time.perf_counter()
                     evals.append(self.evaluate(method.model))
                     eval_seconds += time.perf_counter() - t
-                    self.log(f"{run.label}: step {step}/{self.suite.steps}, held-out loss {evals[-1]:.4f}, "
-                             f"train loss {losses[-1] if losses else math.nan:.4f}")
+                    train = f", last training loss {losses[-1]:.4f}" if losses else " (before training)"
+                    self.log(f"{run.label}: step {step}/{self.suite.steps}, held-out loss {evals[-1]:.4f}{train}")
                 if step == self.suite.steps:
                     break
                 method.zero_grad()
                 t = time.perf_counter()
-                losses.append(float(method.train_step(self.train_batch(step))))
+                losses.append(float(method.train_step(self.data.train.batch(step))))
                 step_seconds.append(time.perf_counter() - t)
                 steps_done += 1
                 if not math.isfinite(losses[-1]):
@@ -188,20 +192,23 @@ class QualityDriver:
         return self.record(run.method, config, started, status=status, error=error, losses=losses,
                            metrics=metrics, method_stats=stats)
 
-    def train_batch(self, step: int) -> torch.Tensor:
-        assert self.data is not None
-        return self.data.train.batch(step)
 
-    def run(self) -> None:
-        self.data = prepare_data(self.suite, self.gguf)
-        self.log(f"text: {self.data.tokens:,} SmolLM2 tokens; {len(self.data.heldout)} held-out batches of "
-                 f"{self.suite.workload.batch}x{self.suite.workload.seq}")
-        torch.manual_seed(self.suite.seed)
-        self.ensure_upcycled()
-        for options in self.suite.conversions:
-            self.conversion(options)
-        for run in self.suite.runs:
-            self.train(run)
+
+def run_quality(suite: QualitySuite, out_dir: str | Path, log: Log = print) -> QualityDriver:
+    """The whole suite: tokenise, upcycle (once; cached by spec), evaluate the conversions, train every run."""
+    gguf = locate_gguf(suite.gguf)
+    data = prepare_data(suite, gguf)
+    log(f"text: {data.tokens:,} SmolLM2 tokens; {len(data.heldout)} held-out batches of "
+        f"{suite.workload.batch}x{suite.workload.seq}")
+    driver = QualityDriver(suite, out_dir, checkpoint_path(gguf, suite.upcycle), data,
+                           provenance(gguf, suite.upcycle), log)
+    torch.manual_seed(suite.seed)
+    driver.upcycle(lambda: load_dense(gguf))
+    for options in suite.conversions:
+        driver.conversion(options)
+    for run in suite.runs:
+        driver.train(run)
+    return driver
 
 
 def _curve(steps: list[int], losses: list[float]) -> dict[str, Any]:

@@ -93,7 +93,12 @@ def curves_figure(runs: list[RunRecord]) -> plt.Figure:
 
 
 def _md(frame: pd.DataFrame) -> str:
-    return frame.to_markdown(index=False, floatfmt=".4g", missingval="–")
+    """Markdown with 4 significant digits and a dash for a missing value (a run without a warm-up...)."""
+    def cell(value: Any) -> Any:
+        if isinstance(value, float):
+            return "–" if pd.isna(value) else f"{value:.4g}"
+        return "–" if value is None else value
+    return frame.map(cell).to_markdown(index=False, disable_numparse=True, stralign="right")
 
 
 def _setup(r: RunRecord) -> str:

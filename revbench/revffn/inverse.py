@@ -3,9 +3,10 @@
 RevNet-style, in two phases that never hold both branches' graphs at once:
 1. MoE branch on the known Y1 (with grad, routing replayed): X2 = Y2 - G(Y1) in closed form, and
    G's backward gives its parameter gradients and dL/dY1 += J_G^T dL/dY2.
-2. Attention branch: K/V from X2 once, X1 <- Y1 - F(X1, X2) from X1 = Y1 until the per-token relative
-   change is below tol (or the cap, or a stall); then F with grad on (X1, X2). Its output X1 + F is
-   compared with the known Y1: that residual is the reconstruction's own, honest check.
+2. Attention branch: K/V from X2 once, X1 <- Y1 - F(X1, X2) from X1 = Y1 (plain or Anderson-accelerated,
+   see fixed_point.py) until the per-token relative change is below tol (or the cap, or a stall); then F
+   with grad on (X1, X2). Its output X1 + F is compared with the known Y1: that residual is the
+   reconstruction's own, honest check.
 A layer that misses its tolerance takes the safe path, as options.fallback says: its exact input is
 recomputed forward from the saved stack input (counted), or it warns, or it raises.
 """
@@ -18,14 +19,9 @@ from dataclasses import dataclass, field
 import torch
 from torch._subclasses.fake_tensor import is_fake
 
+from revbench.revffn.fixed_point import solve
 from revbench.revffn.routing import RouterTap
 from revbench.revffn.stack import LayerStats, StackRun, exact_input, token_rel
-
-# Under fake tensors (estimates) nothing can be read back, so the fixed point runs this many iterations;
-# its peak memory does not depend on the count.
-FAKE_ITERATIONS = 2
-# Iterations without a new smallest change after which the fixed point is declared stalled.
-PATIENCE = 5
 
 Pair = tuple[torch.Tensor, torch.Tensor]
 
@@ -53,31 +49,19 @@ def _leaves(x: Pair) -> Pair:
 
 def fixed_point(run: StackRun, i: int, y1: torch.Tensor, x2: torch.Tensor, tol: float, fake: bool
                 ) -> tuple[torch.Tensor, int, float | None]:
-    """X1 with X1 + F(X1, X2) = Y1: (X1, iterations, last per-token relative change)."""
+    """X1 with X1 + F(X1, X2) = Y1, from X1 = Y1: (X1, iterations, last per-token relative change)."""
     block, rng, options = run.blocks[i], run.records[i].rng, run.options
     with torch.no_grad():
         with rng.branch("attn", False):
             kv = block.keys_values(x2, run.inputs)
             if not block.cross:
                 return y1 - block.attn_update(x2, kv, run.inputs), 0, None
-        x1, delta, iterations = y1, None, 0
-        best, stalled = float("inf"), 0
-        cap = min(options.max_iters, FAKE_ITERATIONS) if fake else options.max_iters
-        while iterations < cap:
+
+        def image_of(x1: torch.Tensor) -> torch.Tensor:
             with rng.branch("attn", False):  # the same dropout mask in every evaluation of F
-                new = y1 - block.attn_update(x1, kv, run.inputs)
-            iterations += 1
-            if not fake:
-                delta = token_rel((new,), (x1,)).item()
-            x1 = new
-            if delta is None:
-                continue
-            if delta <= tol:
-                break
-            best, stalled = (delta, 0) if delta < best else (best, stalled + 1)
-            if stalled >= PATIENCE:  # not contracting, or stuck on a rounding floor above tol
-                break
-    return x1, iterations, delta
+                return y1 - block.attn_update(x1, kv, run.inputs)
+
+        return solve(image_of, y1, options.solver, tol, options.max_iters, fake)
 
 
 def _attention_with_grad(run: StackRun, i: int, x: Pair) -> tuple[torch.Tensor, Pair]:

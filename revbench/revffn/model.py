@@ -81,7 +81,7 @@ class RevFFNForCausalLM(nn.Module):
         self.backwards = 0
 
     def configure(self, **options: Any) -> None:
-        """Change options that act at run time (mode, tol, max_iters, fallback, replay_routing, verify);
+        """Change options that act at run time (mode, tol, max_iters, solver, fallback, replay_routing, verify);
         the others shape the blocks and are fixed at conversion."""
         fixed = sorted(set(options) - set(RUNTIME_OPTIONS))
         if fixed:
