@@ -21,10 +21,10 @@ from revbench.records import read_records
 
 def test_shipped_suite_parses_and_evaluates_after_the_warmup() -> None:
     suite = load_quality_suite()
-    assert [r.method for r in suite.runs] == ["standard", "checkpointing", "lora", "revffn"]
-    revffn = suite.runs[-1]
-    assert revffn.warmup_steps == 10 and 10 in suite.eval_steps(revffn)
-    assert suite.eval_steps(suite.runs[0]) == [0, 5, 10, 15, 20]
+    assert [r.method for r in suite.runs] == ["standard", "checkpointing", "lora", "revffn", "revffn"]
+    revffn = suite.runs[3]
+    assert revffn.warmup_steps == 15 and 15 in suite.eval_steps(revffn)
+    assert suite.eval_steps(suite.runs[0]) == [0, 5, 10, 15, 20, 25, 30]
     assert suite.optimizer_for(suite.runs[2]).lr == 5e-4 and suite.optimizer_for(suite.runs[0]).lr == 5e-5
     assert load_quality_suite(None, ["steps=2", "upcycle.layers=2"]).upcycle.layers == 2
 

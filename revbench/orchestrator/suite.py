@@ -173,9 +173,12 @@ def load_suite(ref: str | None = None, overrides: list[str] | None = None, metho
     """Read, override and validate a suite. `methods` and `device` are the command line's shortcuts for
     `--set methods=[...]` and `--set device=...`."""
     path = suite_path(ref or DEFAULT_SUITE)
+    raw = read_suite_file(path)
+    if "driver" in raw:  # e.g. the quality suite: its own driver evaluates between steps
+        raise SuiteError(f"suite {raw['name']!r} has its own driver: run it with `revbench {raw['driver']}`")
     assignments = list(overrides or [])
     try:
-        data = apply_overrides(read_suite_file(path), assignments)
+        data = apply_overrides(raw, assignments)
     except FieldError as exc:
         raise SuiteError(f"suite {path.stem!r}: --set {exc}") from None
     if methods is not None:

@@ -184,14 +184,13 @@ class QualityDriver:
             del method
             gc.collect()
         metrics = {**_curve(eval_steps[: len(evals)], evals), "steps_done": steps_done,
-                   "train_step_seconds_mean": sum(step_seconds) / len(step_seconds) if step_seconds else None,
-                   "train_seconds": sum(step_seconds), "eval_seconds": eval_seconds,
+                   "train_step_seconds": step_seconds, "train_seconds": sum(step_seconds),
+                   "eval_seconds": eval_seconds,
                    "tokens_trained": steps_done * self.suite.workload.tokens_per_step}
         if run.warmup_steps is not None and run.warmup_steps in eval_steps[: len(evals)]:
             metrics["warmup_heldout_loss"] = evals[eval_steps.index(run.warmup_steps)]
         return self.record(run.method, config, started, status=status, error=error, losses=losses,
                            metrics=metrics, method_stats=stats)
-
 
 
 def run_quality(suite: QualitySuite, out_dir: str | Path, log: Log = print) -> QualityDriver:

@@ -59,9 +59,20 @@ def final_table(runs: list[RunRecord]) -> pd.DataFrame:
             "final held-out loss": final,
             "final perplexity": perplexity(final) if final is not None else None,
             "vs standard": final - reference if final is not None and reference is not None else None,
-            "s/step": m.get("train_step_seconds_mean"),
+            # The median: the first step of a run also pays for allocating gradients and optimizer state.
+            "s/step (median)": pd.Series(m["train_step_seconds"]).median() if m.get("train_step_seconds") else None,
         })
     return pd.DataFrame(rows)
+
+
+def reconstruction_line(r: RunRecord) -> str:
+    """RevFFN's own account of its backward passes: fixed-point iterations and fallbacks to recomputation."""
+    st = r.method_stats
+    layers = [f"{i}: {n}" for i, n in enumerate(st.get("fallbacks_per_layer", [])) if n]
+    return (f"- {r.config['label']}: {st.get('backwards')} reversible backward passes, fixed point "
+            f"{st.get('mean_iterations', 0):.1f} iterations on average (at most {st.get('max_iterations')}); "
+            f"{st['fallbacks_total']} layer inversions missed the tolerance and were recomputed exactly"
+            f"{' (by layer: ' + ', '.join(layers) + ')' if layers else ''}; routing flips {st.get('routing_flips')}.\n")
 
 
 def conversion_table(conversions: list[RunRecord], upcycled_loss: float | None) -> pd.DataFrame:
@@ -134,6 +145,7 @@ def render(results_dir: str | Path, out_dir: str | Path) -> Path:
                   "Held-out loss is next-token cross-entropy only; the training loss of the MoE models also holds "
                   "the router's load-balancing term. `vs standard` is the final held-out loss minus standard "
                   "fine-tuning's.\n", "![held-out and training loss curves](curves.png)\n"]
+        parts += [reconstruction_line(r) for r in runs if "fallbacks_total" in r.method_stats]
         failed = [r for r in runs if r.status != "ok"]
         parts += [f"- {r.config['label']}: {r.status}: {(r.error or '').splitlines()[0]}\n" for r in failed]
     if conversions:
