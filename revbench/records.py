@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,3 +93,12 @@ def read_records(path: str | Path) -> Iterator[RunRecord]:
             warnings.warn(f"{path}:{number}: skipped a line that is not a JSON record ({exc})", stacklevel=2)
             continue
         yield RunRecord.from_dict(data)
+
+
+def latest(records: Iterable[RunRecord]) -> list[RunRecord]:
+    """The last record of each run id, in first-seen order (a resumed or retried run appends it again)."""
+    by_id: dict[str, RunRecord] = {}
+    for record in records:
+        by_id.pop(record.run_id, None)
+        by_id[record.run_id] = record
+    return list(by_id.values())

@@ -11,20 +11,13 @@ matplotlib.use("Agg")  # files only
 
 import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.ticker import FuncFormatter
 
 from revbench.quality.heldout import perplexity
-from revbench.records import RunRecord, read_records
+from revbench.records import RunRecord, latest, read_records
 
 REPORT = "README.md"
 
-
-def latest(records: list[RunRecord]) -> list[RunRecord]:
-    """The last record of each run id, in first-seen order (a resumed or retried run replaces its record)."""
-    by_id: dict[str, RunRecord] = {}
-    for record in records:
-        by_id.pop(record.run_id, None)
-        by_id[record.run_id] = record
-    return list(by_id.values())
 
 
 def split(records: list[RunRecord]) -> tuple[list[RunRecord], list[RunRecord], list[RunRecord]]:
@@ -59,8 +52,6 @@ def final_table(runs: list[RunRecord]) -> pd.DataFrame:
             "final held-out loss": final,
             "final perplexity": perplexity(final) if final is not None else None,
             "vs standard": final - reference if final is not None and reference is not None else None,
-            # The median: the first step of a run also pays for allocating gradients and optimizer state.
-            "s/step (median)": pd.Series(m["train_step_seconds"]).median() if m.get("train_step_seconds") else None,
         })
     return pd.DataFrame(rows)
 
@@ -85,19 +76,25 @@ def conversion_table(conversions: list[RunRecord], upcycled_loss: float | None) 
 
 
 def curves_figure(runs: list[RunRecord]) -> plt.Figure:
-    """Held-out loss against step (left) and the training loss per step (right)."""
+    """Held-out loss against step (left) and the training loss per step (right), on log axes so that runs
+    many nats apart stay readable; a marker and dash per run keep coinciding curves (checkpointing) visible."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
-    for r in runs:
+    for i, r in enumerate(runs):
         curve = r.metrics.get("heldout", {})
-        (line,) = left.plot(curve.get("step", []), curve.get("loss", []), marker="o", label=r.config["label"])
-        right.plot(range(1, len(r.losses) + 1), r.losses, color=line.get_color(), alpha=0.8, label=r.config["label"])
+        style = {"marker": "osD^vP"[i % 6], "linestyle": ("-", "--", "-.", ":")[i % 4], "label": r.config["label"]}
+        (line,) = left.plot(curve.get("step", []), curve.get("loss", []), **style)
+        right.plot(range(1, len(r.losses) + 1), r.losses, color=line.get_color(), alpha=0.8,
+                   linestyle=style["linestyle"], label=r.config["label"])
         warm = r.config.get("options", {}).get("warmup_steps") if r.config.get("options", {}).get("stage") else None
         if warm is not None:
             left.axvline(warm, color=line.get_color(), linestyle=":", alpha=0.6)
     left.set(xlabel="optimizer step", ylabel="held-out cross-entropy (nats/token)", title="held-out loss")
     right.set(xlabel="optimizer step", ylabel="training loss (incl. router aux loss)", title="training loss")
     for ax in (left, right):
-        ax.grid(alpha=0.3)
+        ax.set_yscale("log")
+        for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            axis(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -130,7 +127,9 @@ def render(results_dir: str | Path, out_dir: str | Path) -> Path:
     upcycles, conversions, runs = split(records)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    parts: list[str] = ["# Fine-tuning quality on real pretrained weights\n", _setup(records[-1]) + ".\n"]
+    parts: list[str] = ["# Fine-tuning quality on real pretrained weights\n", _setup(records[-1]) + ".\n",
+                        f"From the records in `{Path(results_dir).as_posix()}`; `revbench quality` reproduces them "
+                        "(suite: `revbench/suites/quality.yaml`).\n"]
     upcycled_loss: Any = None
     for u in upcycles:
         upcycled_loss = u.metrics["upcycled_heldout_loss"]

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from revbench.records import RunRecord, read_records
+from revbench.records import RunRecord, latest, read_records
 
 # The harness's figures that tables and plots use, by their names in `metrics`.
 TENSOR = "memory.tensor_bytes.total"
@@ -38,14 +38,6 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
             out[name] = value
     return out
 
-
-def latest(records: list[RunRecord]) -> list[RunRecord]:
-    """The last record of each run id (a retried run is appended again), in first-seen order."""
-    by_id: dict[str, RunRecord] = {}
-    for record in records:
-        by_id.pop(record.run_id, None)
-        by_id[record.run_id] = record
-    return list(by_id.values())
 
 
 def load_records(results_dir: str | Path) -> list[RunRecord]:
