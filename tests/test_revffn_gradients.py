@@ -37,6 +37,16 @@ def worst_rel(a: dict, b: dict) -> float:
     return max(((a[n] - b[n]).norm() / b[n].norm().clamp_min(1e-300)).item() for n in b)
 
 
+def reversible_matches_vanilla(model: RevFFNForCausalLM, ids: torch.Tensor) -> list[dict]:
+    """Gradients of reversible mode equal vanilla mode's with no fallback; returns the reconstruction stats."""
+    _, rev = gradients(model, ids)
+    stats = model.reconstruction_stats()
+    _, van = gradients(model, ids, mode="vanilla")
+    assert not any(s["fallback"] for s in stats) and max(s["input_error"] for s in stats) <= 1e-6
+    assert worst_rel(rev, van) <= 1e-5
+    return stats
+
+
 def converted(preset: str, dtype: str = "float32", layers: int = 2, hidden: int = 64, config: dict | None = None,
               **options) -> RevFFNForCausalLM:
     spec = ModelSpec(preset, layers=layers, hidden=hidden, dtype=dtype,
@@ -130,24 +140,12 @@ def test_router_jitter_rng_is_replayed() -> None:
 
 
 def test_closed_form_coupling_needs_no_iteration() -> None:
-    model = converted("tiny-qwen3-moe", coupling="closed-form", verify=True)
-    ids = tokens()
-    _, rev = gradients(model, ids)
-    stats = model.reconstruction_stats()
-    _, van = gradients(model, ids, mode="vanilla")
+    stats = reversible_matches_vanilla(converted("tiny-qwen3-moe", coupling="closed-form", verify=True), tokens())
     assert [s["iterations"] for s in stats] == [0, 0]
-    assert max(s["input_error"] for s in stats) <= 1e-6
-    assert worst_rel(rev, van) <= 1e-5
 
 
 def test_plain_fixed_point_iteration_also_reconstructs() -> None:
-    model = converted("tiny-olmoe", solver="picard", verify=True)
-    ids = tokens()
-    _, rev = gradients(model, ids)
-    stats = model.reconstruction_stats()
-    _, van = gradients(model, ids, mode="vanilla")
-    assert not any(s["fallback"] for s in stats) and max(s["input_error"] for s in stats) <= 1e-6
-    assert worst_rel(rev, van) <= 1e-5
+    reversible_matches_vanilla(converted("tiny-olmoe", solver="picard", verify=True), tokens())
 
 
 def test_divergent_fixed_point_falls_back_and_is_counted() -> None:
