@@ -32,6 +32,17 @@ def gradients(model: RevFFNForCausalLM, ids: torch.Tensor, **options) -> tuple[t
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+def autocast_gradients(model: RevFFNForCausalLM, ids: torch.Tensor, device_type: str, enabled: bool = True,
+                       **options) -> dict:
+    """Every parameter's gradient (as float32 copies) of one step under bf16 autocast, in the given mode."""
+    model.configure(**options)
+    model.zero_grad(set_to_none=True)
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=enabled):
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    return {n: p.grad.float().clone() for n, p in model.named_parameters()}
+
+
 def worst_rel(a: dict, b: dict) -> float:
     assert a.keys() == b.keys()
     return max(((a[n] - b[n]).norm() / b[n].norm().clamp_min(1e-300)).item() for n in b)
@@ -164,17 +175,9 @@ def test_bf16_autocast_runs_close_to_vanilla() -> None:
     model = converted("tiny-qwen2-moe")
     ids = tokens()
 
-    def autocast_grads(**options) -> dict:
-        model.configure(**options)
-        model.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        return {n: p.grad.clone() for n, p in model.named_parameters()}
-
-    rev = autocast_grads(mode="reversible")
+    rev = autocast_gradients(model, ids, "cpu", mode="reversible")
     stats = model.reconstruction_stats()
-    van = autocast_grads(mode="vanilla")
+    van = autocast_gradients(model, ids, "cpu", mode="vanilla")
     assert not any(s["fallback"] for s in stats)
     assert max(s["residual"] for s in stats) <= 8 * torch.finfo(torch.bfloat16).eps  # the bf16 tolerance
     assert worst_rel(rev, van) <= 5e-2  # bf16 compute: reconstruction is exact to bf16 precision only
@@ -186,17 +189,9 @@ def test_cuda_bf16_params_and_bf16_autocast(dtype: str) -> None:
     model = convert(build_model(ModelSpec("tiny-qwen3-moe", layers=2, dtype=dtype), device="cuda")).train()
     perturb(model)
     ids = tokens().cuda()
-
-    def grads(**options) -> dict:
-        model.configure(**options)
-        model.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == "float32"):
-            loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        return {n: p.grad.float() for n, p in model.named_parameters()}
-
-    rev = grads(mode="reversible")
+    autocast = dtype == "float32"  # bf16 parameters run as they are; fp32 ones under bf16 autocast
+    rev = autocast_gradients(model, ids, "cuda", enabled=autocast, mode="reversible")
     stats = model.reconstruction_stats()
-    van = grads(mode="vanilla")
+    van = autocast_gradients(model, ids, "cuda", enabled=autocast, mode="vanilla")
     assert not any(s["fallback"] for s in stats)
     assert worst_rel(rev, van) <= 5e-2
