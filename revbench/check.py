@@ -38,7 +38,7 @@ class Metric:
 
 METRICS = (
     *(Metric(f"memory.tensor_bytes.{c}", LOWER, 0.0)
-      for c in ("total", "params", "grads", "optimizer", "activations")),
+      for c in ("total", "device", "host", "params", "grads", "optimizer", "workspace", "activations")),
     Metric("memory.cuda_allocator.max_allocated_bytes", LOWER, 2.0),
     Metric("memory.cuda_allocator.max_reserved_bytes", LOWER, 5.0),
     Metric("memory.nvml.device_used_peak_bytes", LOWER, 5.0),

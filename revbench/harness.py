@@ -1,7 +1,8 @@
 """Run one method for a number of steps and measure it: losses, exact bytes, allocator, NVML, host, timing.
 
 Step order: `warmup` steps (the first creates the optimizer state), one profiled step for exact tensor
-bytes, then `steps` timed steps under the samplers. Losses of every step are kept, in order.
+bytes (by category, host-resident part, and the phase of the peak), then `steps` timed steps under the
+samplers. Losses of every step are kept, in order.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from revbench.measure.host import HostMemory
 from revbench.measure.nvml import NvmlMemory
 from revbench.measure.profiler_bytes import measure_peak_bytes
 from revbench.measure.timing import StepTimer, step_stats
-from revbench.methods import Method, TrainSpec, create_method
+from revbench.methods import TrainSpec, create_method
+from revbench.methods.method import Method
 
 Progress = Callable[[str, int, int], None]  # (phase, step done, steps in all)
 
@@ -58,6 +60,7 @@ def run_method(
     result = result if result is not None else RunResult()
     device = torch.device(spec.device)
     method = create_method(method_name, spec)
+    method.prebuild()  # e.g. DeepSpeed's op compiler must not run inside the host-memory window
     host = HostMemory()
     try:
         with host:

@@ -17,6 +17,8 @@ download "$(pin transformers)"
 # deepspeed ships only an sdist: build a pure-python wheel (ops JIT-compile there on first use).
 [ -n "$(ls .whl/deepspeed-*.whl 2>/dev/null)" ] || \
   .venv/bin/python -m pip wheel -q --no-deps --no-build-isolation -w .whl "$(pin deepspeed)"
+# 8-bit AdamW (its wheel carries its CUDA kernels: about 43 MB of the 64 MiB a device call may carry).
+download "$(pin bitsandbytes)"
 # deepspeed's needs that the image lacks.
 download hjson==3.1.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
 ls -la .whl

@@ -7,10 +7,9 @@ import torch
 from revbench.cli import main
 from revbench.data import TokenStream, Workload
 from revbench.estimate import estimate_method, fit_method, parse_bytes, search_largest
-from revbench.estimate.fake_step import pin_device_defaults
 from revbench.harness import run_method
 from revbench.measure.profiler_bytes import measure_peak_bytes
-from revbench.methods import TrainSpec, create_method
+from revbench.methods import OptimizerSpec, TrainSpec, create_method
 from revbench.models import ModelSpec
 
 # What the dispatch-level tracker cannot see and the profiler can (see revbench/estimate/fake_step.py):
@@ -61,18 +60,17 @@ def test_cuda_target_takes_the_foreach_adamw_path_a_real_step_confirms() -> None
     spec = tiny(seq=64, dtype="float32")
     cuda = estimate_method("standard", spec, target="cuda").tensor_bytes
     cpu = estimate_method("standard", spec, target="cpu").tensor_bytes
-    # A real CPU step with AdamW pinned to its CUDA default, measured by the profiler.
-    method = create_method("standard", spec)
+    # A real CPU step with AdamW's CUDA default (foreach) asked for, measured by the profiler.
+    method = create_method("standard", replace(spec, optimizer=OptimizerSpec(implementation="foreach")))
     method.prepare()
-    pin_device_defaults(method, "cuda")
     stream = TokenStream(spec.workload, method.vocab_size)
     method.train_step(stream.batch(0))
     method.zero_grad()
     _, real = measure_peak_bytes(lambda: method.train_step(stream.batch(1)), method.state_tensors)
     assert (cuda.params, cuda.grads, cuda.optimizer) == (real.params, real.grads, real.optimizer)
-    assert 0 <= real.activations - cuda.activations <= SCALARS
-    # The multi-tensor sqrt of every exp_avg_sq at once is as large as the parameters.
-    assert cuda.activations >= cuda.grads > 0 and cuda.activations > cpu.activations
+    assert 0 <= real.workspace - cuda.workspace <= SCALARS
+    # The multi-tensor sqrt of every exp_avg_sq at once is as large as the parameters: optimizer workspace.
+    assert cuda.phase == "optimizer" and cuda.workspace >= cuda.grads > 0 and cuda.workspace > cpu.workspace
 
 
 def test_fit_finds_the_largest_batch_under_a_budget() -> None:

@@ -7,6 +7,7 @@ from revbench.cli import main
 from revbench.measure import cuda_allocator
 from revbench.measure.categories import CATEGORIES, default_state_tensors
 from revbench.measure.nvml import NvmlMemory
+from revbench.measure.phases import phase
 from revbench.measure.profiler_bytes import measure_peak_bytes
 from revbench.measure.storage_tracker import measure_peak_bytes_tracked
 from revbench.measure.timing import step_stats
@@ -34,6 +35,24 @@ def test_known_allocations_exact_bytes(measure) -> None:
     _, measured = measure(fn, lambda: {"params": [param], "grads": [param.grad] if param.grad is not None else []})
     assert (measured.params, measured.grads, measured.optimizer, measured.activations) == (400, 0, 0, 8000)
     assert measured.total == 8400
+
+
+@pytest.mark.parametrize("measure", MEASURES)
+def test_workspace_host_and_phase_of_the_peak(measure) -> None:
+    param = torch.nn.Parameter(torch.zeros(100))  # 400 bytes
+    offloaded = torch.zeros(50)  # 200 bytes of optimizer state said to live in host memory
+    kept: list[torch.Tensor] = []
+
+    def fn() -> None:
+        with phase("forward"):
+            kept.append(torch.empty(1000))  # 4000, an activation held to the end
+        with phase("optimizer"):
+            scratch = torch.empty(2000)  # 8000 of optimizer workspace: the peak is here
+            del scratch
+
+    _, measured = measure(fn, lambda: {"params": [param], "optimizer": [offloaded], "host": [offloaded]})
+    assert (measured.params, measured.optimizer, measured.activations, measured.workspace) == (400, 200, 4000, 8000)
+    assert (measured.host, measured.device, measured.phase) == (200, 12400, "optimizer")
 
 
 def _training_step(preset: str):

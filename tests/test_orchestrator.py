@@ -18,6 +18,7 @@ from matplotlib import image
 
 from revbench.cli import main
 from revbench.data import Workload
+from revbench.measure.phases import PHASES
 from revbench.models import ModelSpec
 from revbench.orchestrator import Suite, plan_run
 from revbench.orchestrator.launch import execute
@@ -72,7 +73,9 @@ def test_two_methods_end_to_end_records_and_report(tmp_path: Path, capsys: pytes
         assert len(record.losses) == 3  # warm-up, profiled, timed
         assert record.env["torch"] and record.duration_s > 0
         tensor = record.metrics["memory"]["tensor_bytes"]
-        assert tensor["total"] == sum(tensor[c] for c in ("params", "grads", "optimizer", "activations")) > 0
+        categories = ("params", "grads", "optimizer", "workspace", "activations")
+        assert tensor["total"] == sum(tensor[c] for c in categories) > 0
+        assert tensor["device"] == tensor["total"] and tensor["host"] == 0 and tensor["phase"] in PHASES
         assert record.metrics["memory"]["cuda_allocator"]["max_allocated_bytes"] is None  # n/a on CPU: null
         assert record.metrics["tokens_per_s"] > 0 and record.metrics["samples_per_s"] > 0
         assert (out / "logs" / f"{record.run_id}.log").is_file()
@@ -85,7 +88,8 @@ def test_two_methods_end_to_end_records_and_report(tmp_path: Path, capsys: pytes
         assert f"({name}.md)" in index and (report_dir / f"{name}.csv").is_file()
     assert "from summaries, baseline rows uncertain" in index and "14,315,784,192 parameters" in index
     results_md = (report_dir / "results.md").read_text()
-    assert "standard" in results_md and "checkpointing" in results_md and "peak tensor (MiB)" in results_md
+    assert "standard" in results_md and "checkpointing" in results_md
+    assert "peak device (MiB)" in results_md and "peak in" in results_md
     # the paper table's ratio is computed from the records
     paper = pd.read_csv(report_dir / "paper.csv").set_index("method")
     totals = [r.metrics["memory"]["tensor_bytes"]["total"] for r in records]

@@ -7,7 +7,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from revbench.cli import main
 from revbench.data import Workload
-from revbench.methods import TrainSpec, create_method
+from revbench.methods import TrainSpec, create_method, option_names, parse_method
 from revbench.models import ModelSpec, UnsupportedArchitectureError, build_model
 from revbench.revffn import OPTION_NAMES, RevFFNForCausalLM, convert, load_revffn, save_revffn
 
@@ -92,7 +92,7 @@ def test_method_two_stage_schedule() -> None:
     spec = TrainSpec(model=ModelSpec("tiny-qwen2-moe", layers=2, hidden=64), workload=Workload(batch=2, seq=16),
                      options={"stage": "two-stage", "warmup_steps": 1, "max_iters": 40})
     method = create_method("revffn", spec)
-    assert set(OPTION_NAMES) | {"stage", "warmup_steps"} == set(method.option_names())
+    assert set(OPTION_NAMES) | {"stage", "warmup_steps"} == set(option_names(parse_method("revffn")))
     method.prepare()
     model = method.model
     new = {n for n, _ in model.new_parameters()}

@@ -81,7 +81,7 @@ def test_config_is_fully_resolved_and_round_trips_to_a_train_spec() -> None:
         ("workload: {seq: 1}\n", "workload: batch must be >= 1 and seq >= 2"),
         ("methods: [standard, sgd]\n", "methods[1]: unknown method 'sgd'"),
         ("methods: []\n", "methods: must list at least one method"),
-        ("options: {sgd: {a: 1}}\n", "options.sgd: unknown method"),
+        ("options: {sgd: {a: 1}}\n", "options.sgd: names no method or technique of this suite"),
         ("steps: 0\n", "steps: must be >= 1"),
         ("device: gpu\n", "device: expected auto, cpu, cuda or cuda:N"),
         ("memory_budget: lots\n", "memory_budget: expected bytes"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCHMARKS = ("bytes", "methods", "depth")
+BENCHMARKS = ("bytes", "methods", "axes", "depth")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

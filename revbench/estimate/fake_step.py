@@ -25,7 +25,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from revbench.measure.categories import TensorBytes
 from revbench.measure.storage_tracker import measure_peak_bytes_tracked
-from revbench.methods import Method, TrainSpec, create_method, method_class
+from revbench.methods import TrainSpec, create_method, not_estimable, parse_method
+from revbench.methods.composition import resolve_optimizer
 from revbench.models.zoo import parse_dtype
 
 TARGETS = ("cuda", "cpu")
@@ -108,31 +109,20 @@ class Estimate:
                 "parameters": self.parameters, "reason": self.reason, "seconds": round(self.seconds, 2)}
 
 
-def target_spec(spec: TrainSpec, target: str) -> TrainSpec:
-    """The spec the fake step runs: on the CPU device, with the target device's dtype for "auto".
+def target_spec(name: str, spec: TrainSpec, target: str) -> TrainSpec:
+    """The spec the fake step runs: on the CPU device, with the target device's dtype and AdamW kernel for "auto".
 
     Fake tensors run on the CPU device on every torch build. A CPU-only torch does create fake CUDA tensors,
     and matmuls on them work, but SDPA's composite path then aborts the whole process ("PyTorch is not
     linked with support for cuda devices"). Tensor byte counts do not depend on the device up to allocator
-    rounding; what does depend on it is resolved here (the dtype) and in `pin_device_defaults` (AdamW).
+    rounding; what does depend on it is resolved here: the dtype, and AdamW's implementation (torch takes the
+    multi-tensor foreach path on CUDA, whose sqrt temporary is as large as all the parameters of one dtype).
     """
     if target not in TARGETS:
         raise ValueError(f"unknown estimate target {target!r}; choose one of {', '.join(TARGETS)}")
     dtype = str(parse_dtype(spec.model.dtype, target)).removeprefix("torch.")
-    return replace(spec, device="cpu", model=replace(spec.model, dtype=dtype))
-
-
-def pin_device_defaults(method: Method, target: str) -> None:
-    """Make the step take the path torch takes on `target` where that changes the bytes.
-
-    AdamW picks its implementation by the parameters' device: one tensor at a time on CPU, the multi-tensor
-    (foreach) path on CUDA, whose sqrt temporary is as large as all the parameters of one dtype together.
-    """
-    if target != "cuda" or not isinstance(method.optimizer, torch.optim.Optimizer):
-        return
-    for group in method.optimizer.param_groups:
-        if group.get("foreach") is None and not group.get("fused"):
-            group["foreach"] = True
+    return replace(spec, device="cpu", model=replace(spec.model, dtype=dtype),
+                   optimizer=resolve_optimizer(parse_method(name), spec.optimizer, target))
 
 
 def _fake_step(name: str, spec: TrainSpec, target: str) -> tuple[TensorBytes, int]:
@@ -143,7 +133,6 @@ def _fake_step(name: str, spec: TrainSpec, target: str) -> tuple[TensorBytes, in
         method = create_method(name, spec)
         method.prepare()
         parameters = sum(p.numel() for p in method.model.parameters())
-        pin_device_defaults(method, target)
         method.zero_grad()
         method.train_step(torch.zeros(shape, dtype=torch.long))  # warm-up: creates the optimizer state
         method.zero_grad()
@@ -167,10 +156,10 @@ def estimate_method(name: str, spec: TrainSpec, target: str = "cuda") -> Estimat
     """Estimate the peak tensor bytes of one measured step of `name` on `spec` for device kind `target`."""
     start = time.perf_counter()
     try:
-        reason = method_class(name).not_estimable
+        reason = not_estimable(parse_method(name))
         if reason:
             return Estimate(name, "not estimable", reason=reason)
-        tensor_bytes, parameters = _fake_step(name, target_spec(spec, target), target)
+        tensor_bytes, parameters = _fake_step(name, target_spec(name, spec, target), target)
     except (ImportError, RuntimeError, NotImplementedError, TypeError, AssertionError) as exc:
         # A method that is not installed or cannot run on fake tensors says why; a bad spec (ValueError)
         # still propagates.

@@ -7,31 +7,52 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-CATEGORIES = ("params", "grads", "optimizer", "activations")
-# Everything live that is not a parameter, buffer, gradient or optimizer state counts as an activation.
+CATEGORIES = ("params", "grads", "optimizer", "workspace", "activations")
 STATE_CATEGORIES = ("params", "grads", "optimizer")
+# Everything else live at the peak is a temporary: `workspace` if the optimizer step allocated it (e.g. the
+# foreach AdamW's sqrt of all second moments), `activations` otherwise (what forward keeps for backward and
+# backward's own temporaries).
+WORKSPACE_PHASE = "optimizer"
+# The key under which `state_tensors()` lists the states that live in host memory (CPU offload): on a CPU
+# run host and device are one memory, so residency is what the strategy would do on a GPU.
+HOST = "host"
 
 
 @dataclass(frozen=True)
 class TensorBytes:
-    """Peak live tensor bytes, split by what the bytes hold. The four categories sum to `total`."""
+    """Peak live tensor bytes, split by what the bytes hold. The five categories sum to `total`. The `host_*`
+    part of each model-state category lives in host memory (CPU offload); the rest, `device`, is what the
+    accelerator holds. `phase` is the step phase in which the peak fell (forward, backward or optimizer)."""
 
     params: int
     grads: int
     optimizer: int
     activations: int
     method: str
+    workspace: int = 0
+    host_params: int = 0
+    host_grads: int = 0
+    host_optimizer: int = 0
+    phase: str | None = None
 
     @property
     def total(self) -> int:
-        return self.params + self.grads + self.optimizer + self.activations
+        return self.params + self.grads + self.optimizer + self.workspace + self.activations
+
+    @property
+    def host(self) -> int:
+        return self.host_params + self.host_grads + self.host_optimizer
+
+    @property
+    def device(self) -> int:
+        return self.total - self.host
 
     @property
     def model_states(self) -> int:
         return self.params + self.grads + self.optimizer
 
-    def to_dict(self) -> dict[str, int | str]:
-        return {**asdict(self), "total": self.total}
+    def to_dict(self) -> dict[str, int | str | None]:
+        return {**asdict(self), "total": self.total, "device": self.device, "host": self.host}
 
 
 def storage_key(t: torch.Tensor) -> int:
@@ -67,6 +88,19 @@ def unique_storages(tensors: Iterable[torch.Tensor], key: KeyFn = storage_key) -
     for t in tensors:
         out.setdefault(key(t), t)
     return out
+
+
+def host_keys(states: StateTensors, key: KeyFn = storage_key) -> set[Hashable]:
+    return set(unique_storages(states.get(HOST, []), key))
+
+
+def host_fields(on_host: dict[str, int]) -> dict[str, int]:
+    """Host-resident bytes by state category, as TensorBytes' `host_*` fields."""
+    return {f"host_{category}": nbytes for category, nbytes in on_host.items()}
+
+
+def temporary_category(phase: str | None) -> str:
+    return "workspace" if phase == WORKSPACE_PHASE else "activations"
 
 
 def categorize(states: StateTensors, key: KeyFn = storage_key) -> dict[Hashable, tuple[str, int]]:

@@ -15,7 +15,18 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from revbench.measure.categories import CATEGORIES, StateTensors, TensorBytes, categorize, storage_key
+from revbench.measure.categories import (
+    CATEGORIES,
+    STATE_CATEGORIES,
+    StateTensors,
+    TensorBytes,
+    categorize,
+    host_fields,
+    host_keys,
+    storage_key,
+    temporary_category,
+)
+from revbench.measure.phases import current_phase
 
 
 class StorageTracker(TorchDispatchMode):
@@ -26,6 +37,8 @@ class StorageTracker(TorchDispatchMode):
         self.live: dict[int, tuple[int, int]] = {}  # storage key -> (bytes, serial of its allocation)
         self.current = self.peak = 0
         self.peak_live: dict[int, tuple[int, int]] = {}
+        self.phases: dict[int, str | None] = {}  # serial -> the step phase it was allocated in
+        self.peak_phase: str | None = None
         self._rising = False
         self._serials = itertools.count()
         self._finalizers: list[weakref.finalize] = []
@@ -34,11 +47,12 @@ class StorageTracker(TorchDispatchMode):
         storage, key = t.untyped_storage(), storage_key(t)
         if key in self.live:
             return
-        nbytes = storage.nbytes()
-        self.live[key] = (nbytes, next(self._serials))
+        nbytes, serial = storage.nbytes(), next(self._serials)
+        self.live[key] = (nbytes, serial)
+        self.phases[serial] = current_phase()
         self.current += nbytes
         if self.current > self.peak:
-            self.peak, self._rising = self.current, True
+            self.peak, self._rising, self.peak_phase = self.current, True, self.phases[serial]
         self._finalizers.append(weakref.finalize(storage, self._release, key))
 
     def _release(self, key: int) -> None:
@@ -67,10 +81,11 @@ class StorageTracker(TorchDispatchMode):
 def measure_peak_bytes_tracked(
     fn: Callable[[], Any], state_tensors: Callable[[], StateTensors]
 ) -> tuple[Any, TensorBytes]:
-    """Run `fn` under a StorageTracker and return its result and the peak tensor bytes by category."""
+    """Run `fn` under a StorageTracker and return its result and the peak tensor bytes by category, with
+    host-resident states named and the step phase of the peak."""
     tracker = StorageTracker()
     states = state_tensors()
-    before = categorize(states)
+    before, host = categorize(states), host_keys(states)
     for tensors in states.values():
         for t in tensors:
             tracker.track(t)
@@ -78,10 +93,19 @@ def measure_peak_bytes_tracked(
     with tracker:
         result = fn()
     tracker.finish()
-    after = categorize(state_tensors())
+    states = state_tensors()
+    after = categorize(states)
+    host |= host_keys(states)
+    del states
     by_category = dict.fromkeys(CATEGORIES, 0)
+    on_host = dict.fromkeys(STATE_CATEGORIES, 0)
     for key, (nbytes, serial) in tracker.peak_live.items():
         survives = tracker.live.get(key, (0, -1))[1] == serial
         category = after.get(key, before.get(key, ("activations", 0)))[0] if survives else "activations"
+        if category == "activations":
+            category = temporary_category(tracker.phases[serial])
         by_category[category] += nbytes
-    return result, TensorBytes(**by_category, method="storage-tracker")
+        if survives and key in host:
+            on_host[category] += nbytes
+    return result, TensorBytes(**by_category, **host_fields(on_host), phase=tracker.peak_phase,
+                               method="storage-tracker")

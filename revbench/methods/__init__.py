@@ -1,36 +1,35 @@
-"""The method registry. Each method lives in its own module and is imported only when asked for."""
+"""Methods: a composition of an activation, a model-state and a loss technique, run as one.
+
+    create_method("checkpointing", spec)                  # a preset
+    create_method("checkpoint+adamw-in-backward+chunked", spec)  # any composition
+"""
 
 from __future__ import annotations
 
-import importlib
+from typing import TYPE_CHECKING
 
-from revbench.methods.base import Method, OptimizerSpec, TrainSpec
+from revbench.methods.base import ADAMW_IMPLEMENTATIONS, OptimizerSpec, TrainSpec
+from revbench.methods.composition import (
+    AXES,
+    PRESETS,
+    Composition,
+    UnknownMethodError,
+    not_estimable,
+    option_names,
+    parse_method,
+)
 
-# name -> "module:Class"; lazy so that e.g. DeepSpeed is imported only by the methods that use it.
-METHODS: dict[str, str] = {
-    "standard": "revbench.methods.standard:Standard",
-    "checkpointing": "revbench.methods.checkpointing:Checkpointing",
-    "zero2-offload": "revbench.methods.deepspeed_zero:Zero2Offload",
-    "zero3-offload": "revbench.methods.deepspeed_zero:Zero3Offload",
-    "lora": "revbench.methods.lora:Lora",
-    "revffn": "revbench.methods.revffn:RevFFN",
-    "revffn-zero2-offload": "revbench.methods.deepspeed_zero:RevFFNZero2Offload",
-}
+if TYPE_CHECKING:
+    from revbench.methods.method import Method
 
-
-class UnknownMethodError(ValueError):
-    pass
-
-
-def method_class(name: str) -> type[Method]:
-    if name not in METHODS:
-        raise UnknownMethodError(f"unknown method {name!r}; the methods are {', '.join(METHODS)}")
-    module, cls = METHODS[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+METHODS: tuple[str, ...] = tuple(PRESETS)
 
 
 def create_method(name: str, spec: TrainSpec) -> Method:
-    return method_class(name)(spec)
+    from revbench.methods.method import Method
+
+    return Method(parse_method(name), spec)
 
 
-__all__ = ["METHODS", "Method", "OptimizerSpec", "TrainSpec", "UnknownMethodError", "create_method", "method_class"]
+__all__ = ["ADAMW_IMPLEMENTATIONS", "AXES", "METHODS", "PRESETS", "Composition", "OptimizerSpec", "TrainSpec",
+           "UnknownMethodError", "create_method", "not_estimable", "option_names", "parse_method"]

@@ -64,6 +64,13 @@ PRESETS: dict[str, Preset] = {
             "Mixtral layout, shrunk",
         ),
         Preset(
+            "tiny-qwen2-moe-32k-vocab",
+            "qwen2_moe",
+            {**_TINY_COMMON, "vocab_size": 32768, "num_experts": 8, "moe_intermediate_size": 256,
+             "intermediate_size": 512, "shared_expert_intermediate_size": 512, "norm_topk_prob": False},
+            "tiny-qwen2-moe with a 32,768-token vocabulary, so that the logits dominate as at full scale",
+        ),
+        Preset(
             "qwen1.5-moe-a2.7b",
             "qwen2_moe",
             {"vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 24,
@@ -107,4 +114,5 @@ PRESETS: dict[str, Preset] = {
     )
 }
 
-TINY_PRESETS = [name for name in PRESETS if name.startswith("tiny-")]
+# One tiny preset per family: what tests and benchmarks sweep when they cover every family.
+TINY_PRESETS = ["tiny-qwen2-moe", "tiny-qwen3-moe", "tiny-olmoe", "tiny-mixtral"]

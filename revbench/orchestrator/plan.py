@@ -15,7 +15,9 @@ from typing import Any
 import torch
 
 from revbench.data import Workload
-from revbench.methods import OptimizerSpec, TrainSpec, method_class
+from revbench.methods import AXES, Composition, OptimizerSpec, TrainSpec, option_names, parse_method
+from revbench.methods.composition import resolve_optimizer, technique_class
+from revbench.methods.method import techniques
 from revbench.models import ModelSpec, build_config, num_experts, parse_dtype
 from revbench.orchestrator.schema import FieldError, set_dotted
 from revbench.orchestrator.suite import Suite, SuiteError, parse_suite
@@ -95,15 +97,37 @@ def with_value(point: Suite, key: str, value: Any) -> Suite:
     return parse_suite(data, f"{key}={value!r}")
 
 
+def composition_of(point: Suite, method: str) -> Composition:
+    """The method with the suite's axis overrides applied."""
+    return parse_method(method).with_axes(activations=point.activations, states=point.states, loss=point.loss)
+
+
+def run_options(point: Suite, method: str, composition: Composition) -> dict[str, Any]:
+    """The options of the run's techniques, then of its method as listed, then of its composed name."""
+    options: dict[str, Any] = {}
+    for key in (*composition.techniques(), method, composition.name):
+        options.update(point.options.get(key, {}))
+    return options
+
+
 def plan_run(point: Suite, method: str, repeat: int = 0, search_key: str | None = None) -> PlannedRun:
     try:
         device = resolve_device(point.device, point.gpus)
     except FieldError as exc:
         raise SuiteError(f"suite {point.name!r}: {exc}") from None
-    spec = TrainSpec(model=resolve_model(point.model, device), workload=point.workload, optimizer=point.optimizer,
-                     seed=point.seed, device=device, options=dict(point.options.get(method, {})))
+    composition = composition_of(point, method)
+    spec = TrainSpec(model=resolve_model(point.model, device), workload=point.workload,
+                     optimizer=resolve_optimizer(composition, point.optimizer, device), seed=point.seed, device=device,
+                     options=run_options(point, method, composition))
+    try:
+        techniques(composition, spec)  # refuse a combination that cannot run before any worker starts
+    except ImportError:
+        pass  # a technique whose library is missing: its run's record says so
+    except ValueError as exc:
+        raise SuiteError(f"suite {point.name!r}: {exc}") from None
     config = {
         **spec.to_dict(),
+        "techniques": composition.to_dict(),
         "steps": point.steps,
         "warmup": point.warmup,
         "repeat": repeat,
@@ -112,7 +136,7 @@ def plan_run(point: Suite, method: str, repeat: int = 0, search_key: str | None 
         "search_key": search_key,
         "timeout_s": point.timeout_s,
     }
-    return PlannedRun(suite=point.name, method=method, config=config)
+    return PlannedRun(suite=point.name, method=composition.name, config=config)
 
 
 def grid_runs(suite: Suite) -> list[PlannedRun]:
@@ -128,19 +152,20 @@ def grid_runs(suite: Suite) -> list[PlannedRun]:
 
 
 def check_options(suite: Suite) -> None:
-    """Method options against each method's `option_names()`, before anything runs. A method whose module
-    cannot be imported is left to its run, whose record then says why."""
-    for method, options in suite.options.items():
-        if method not in suite.methods or not options:
+    """Options against the option names of the technique or method they are keyed by, before anything runs.
+    A technique whose module cannot be imported is left to its run, whose record then says why."""
+    for key, options in suite.options.items():
+        if not options:
             continue
         try:
-            cls = method_class(method)
+            axis = next((a for a, registry in AXES.items() if key in registry), None)
+            allowed = technique_class(axis, key).option_names if axis else option_names(parse_method(key))
         except ImportError:
             continue
-        unknown = sorted(set(options) - set(cls.option_names()))
+        unknown = sorted(set(options) - set(allowed))
         if unknown:
-            raise SuiteError(f"suite {suite.name!r}: options.{method}.{unknown[0]}: unknown option; {method} takes "
-                             f"{', '.join(cls.option_names()) or 'no options'}")
+            raise SuiteError(f"suite {suite.name!r}: options.{key}.{unknown[0]}: unknown option; {key} takes "
+                             f"{', '.join(allowed) or 'no options'}")
 
 
 def train_spec(config: dict[str, Any]) -> TrainSpec:

@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from revbench.data import Workload
-from revbench.methods import METHODS, OptimizerSpec
+from revbench.methods import AXES, METHODS, OptimizerSpec, UnknownMethodError, parse_method
 from revbench.models import ModelSpec
 from revbench.orchestrator.schema import FieldError, build, hint_at, parse_assignment, parse_bytes, set_dotted
 
@@ -61,8 +61,14 @@ class Suite:
     model: ModelSpec = field(default_factory=ModelSpec)
     workload: Workload = field(default_factory=Workload)
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
-    methods: list[str] = field(default_factory=lambda: ["standard"])
-    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> its TrainSpec.options
+    methods: list[str] = field(default_factory=lambda: ["standard"])  # presets or ACTIVATIONS+STATES+LOSS
+    # Axis overrides applied to every method (None keeps each method's own): sweep them like any field.
+    activations: str | None = None
+    states: str | None = None
+    loss: str | None = None
+    # Options by method or technique name (e.g. lora: {rank: 16}, chunked: {chunk_tokens: 512}); a run takes
+    # those of its techniques, then those of its method.
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
     steps: int = 3  # timed steps
     warmup: int = 1  # unmeasured steps before the profiled one
     repeats: int = 1
@@ -79,13 +85,21 @@ class Suite:
         if not self.methods:
             raise FieldError("methods", "must list at least one method")
         for i, method in enumerate(self.methods):
-            if method not in METHODS:
-                raise FieldError(f"methods[{i}]", f"unknown method {method!r}; the methods are {', '.join(METHODS)}")
+            try:
+                parse_method(method)
+            except UnknownMethodError as exc:
+                raise FieldError(f"methods[{i}]", str(exc)) from None
         if len(set(self.methods)) != len(self.methods):
             raise FieldError("methods", f"lists a method twice: {self.methods}")
-        for method in self.options:
-            if method not in METHODS:
-                raise FieldError(f"options.{method}", f"unknown method; the methods are {', '.join(METHODS)}")
+        for axis, registry in AXES.items():
+            value = getattr(self, axis)
+            if value is not None and value not in registry:
+                raise FieldError(axis, f"unknown {axis} technique {value!r}; choose one of {', '.join(registry)}")
+        techniques = {name for registry in AXES.values() for name in registry}
+        for name in self.options:
+            if name not in techniques and name not in self.methods and name not in METHODS:
+                raise FieldError(f"options.{name}", f"names no method or technique of this suite; options are keyed "
+                                 f"by a method ({', '.join(METHODS)}) or a technique ({', '.join(sorted(techniques))})")
         for name in ("steps", "warmup", "repeats", "gpus"):
             if getattr(self, name) < 1:
                 raise FieldError(name, f"must be >= 1, got {getattr(self, name)}")

@@ -12,9 +12,13 @@ import pandas as pd
 from revbench.records import RunRecord, latest, read_records
 
 # The harness's figures that tables and plots use, by their names in `metrics`.
-TENSOR = "memory.tensor_bytes.total"
-CATEGORIES = ("params", "grads", "optimizer", "activations")
+TENSOR = "memory.tensor_bytes.total"  # device + host-resident: what the step holds anywhere
+DEVICE = "memory.tensor_bytes.device"  # "peak device memory": the accelerator's share
+HOST_STATES = "memory.tensor_bytes.host"  # model states a CPU offload keeps in host memory
+PHASE = "memory.tensor_bytes.phase"  # forward, backward or optimizer: where in the step the peak fell
+CATEGORIES = ("params", "grads", "optimizer", "workspace", "activations")
 CATEGORY_COLUMNS = tuple(f"memory.tensor_bytes.{c}" for c in CATEGORIES)
+HOST_COLUMNS = {c: f"memory.tensor_bytes.host_{c}" for c in ("params", "grads", "optimizer")}
 ALLOCATED = "memory.cuda_allocator.max_allocated_bytes"
 RESERVED = "memory.cuda_allocator.max_reserved_bytes"
 NVML_USED = "memory.nvml.device_used_peak_bytes"
@@ -22,7 +26,8 @@ HOST_RSS = "memory.host.peak_rss_bytes"
 STEP_TIME = "step_time_s.median"
 SAMPLES = "samples_per_s"
 TOKENS = "tokens_per_s"
-METRICS = (TENSOR, *CATEGORY_COLUMNS, ALLOCATED, RESERVED, NVML_USED, HOST_RSS, STEP_TIME, SAMPLES, TOKENS)
+METRICS = (TENSOR, DEVICE, HOST_STATES, *CATEGORY_COLUMNS, *HOST_COLUMNS.values(), ALLOCATED, RESERVED, NVML_USED,
+           HOST_RSS, STEP_TIME, SAMPLES, TOKENS)
 # What makes two runs the same measurement point, apart from the method and the repeat.
 POINT = ("preset", "layers", "hidden", "experts", "top_k", "dtype", "device", "gpus", "batch", "seq", "data",
          "steps", "warmup", "memory_budget_bytes")
@@ -92,6 +97,12 @@ def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
         if column not in frame:
             frame[column] = float("nan")
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    # Records from before the device/host split hold no offloaded states apart: all of it was the device's.
+    frame[DEVICE] = frame[DEVICE].fillna(frame[TENSOR])
+    for column in (HOST_STATES, *HOST_COLUMNS.values(), "memory.tensor_bytes.workspace"):
+        frame[column] = frame[column].where(frame[TENSOR].isna(), frame[column].fillna(0))
+    if PHASE not in frame:
+        frame[PHASE] = None
     frame["memory_budget_bytes"] = frame["memory_budget_bytes"].astype("object").where(
         frame["memory_budget_bytes"].notna(), None)
     frame["point"] = frame.apply(point_label, axis=1)
@@ -117,6 +128,7 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     medians = ok.groupby(keys, sort=False)[[*METRICS, "loss_first", "loss_last"]].median()
     out = out.join(medians)
     out["losses"] = ok.groupby(keys, sort=False)["losses"].first()
+    out[PHASE] = ok.groupby(keys, sort=False)[PHASE].agg(lambda phases: "/".join(sorted(set(phases.dropna()))))
     return out.reset_index()
 
 

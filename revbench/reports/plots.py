@@ -12,11 +12,14 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from revbench.reports.frame import CATEGORIES, CATEGORY_COLUMNS, POINT, TENSOR, TOKENS
+from revbench.reports.frame import CATEGORIES, CATEGORY_COLUMNS, DEVICE, HOST_COLUMNS, PHASE, POINT, TENSOR, TOKENS
 from revbench.reports.units import UNITS, unit_for
 
 AXES = {"layers": "depth (decoder layers)", "seq": "sequence length (tokens)", "batch": "batch size (sequences)"}
-CATEGORY_COLORS = {"params": "#4c72b0", "grads": "#dd8452", "optimizer": "#55a868", "activations": "#c44e52"}
+CATEGORY_COLORS = {"params": "#4c72b0", "grads": "#dd8452", "optimizer": "#55a868", "workspace": "#8172b3",
+                   "activations": "#c44e52"}
+# Every memory axis is the device's: host-resident (offloaded) states are shown apart, never mixed in.
+DEVICE_MEMORY = "peak device memory"
 
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
@@ -49,15 +52,15 @@ def _finish(fig: Figure, title: str) -> Figure:
 
 def memory_vs_throughput(summary: pd.DataFrame, colors: dict[str, str]) -> Figure | None:
     """One point per variant and config: where each method sits between memory and speed."""
-    ran = summary[summary[TENSOR].notna() & summary[TOKENS].notna()]
+    ran = summary[summary[DEVICE].notna() & summary[TOKENS].notna()]
     if ran.empty:
         return None
-    unit = unit_for(ran[TENSOR])
+    unit = unit_for(ran[DEVICE])
     fig, (ax,) = _figure()
     several_points = ran["point"].nunique() > 1
     for name, rows in ran.groupby("variant", sort=False):
         style = _style(colors, name)
-        ax.scatter(rows[TOKENS], rows[TENSOR] / UNITS[unit], s=70, color=style["color"], marker=style["marker"],
+        ax.scatter(rows[TOKENS], rows[DEVICE] / UNITS[unit], s=70, color=style["color"], marker=style["marker"],
                    label=name, alpha=0.85, edgecolor="black", linewidth=0.5, zorder=3)
     if ran[TOKENS].max() > 20 * ran[TOKENS].min():
         ax.set_xscale("log")
@@ -66,14 +69,14 @@ def memory_vs_throughput(summary: pd.DataFrame, colors: dict[str, str]) -> Figur
         ax.xaxis.set_minor_formatter(NullFormatter())
     else:
         ax.set_xlim(0, ran[TOKENS].max() * 1.25)
-    ax.set_ylim(0, (ran[TENSOR] / UNITS[unit]).max() * 1.15)
+    ax.set_ylim(0, (ran[DEVICE] / UNITS[unit]).max() * 1.15)
     _label_points(ax, ran, unit, several_points)
     ax.set_xlabel("throughput (tokens/s, median step)")
-    ax.set_ylabel(f"peak tensor memory ({unit})")
+    ax.set_ylabel(f"{DEVICE_MEMORY} ({unit})")
     ax.grid(alpha=0.3)
     ax.legend(title="method", fontsize=8, loc="best")
     subtitle = "one point per method and config" if several_points else ran["point"].iloc[0]
-    return _finish(fig, f"Peak tensor memory vs throughput\n{subtitle}")
+    return _finish(fig, f"Peak device memory vs throughput\n{subtitle}")
 
 
 # Where a point's label may go, tried in turn: (x, y) offset in points and horizontal alignment.
@@ -88,8 +91,10 @@ def _label_points(ax: plt.Axes, ran: pd.DataFrame, unit: str, several_points: bo
     taken = []
     renderer = fig.canvas.get_renderer()
     for _, row in ran.iterrows():
-        xy = (row[TOKENS], row[TENSOR] / UNITS[unit])
+        xy = (row[TOKENS], row[DEVICE] / UNITS[unit])
         text = f"L{row['layers']} {row['batch']}×{row['seq']}" if several_points else row["variant"]
+        if row.get(PHASE):
+            text += f" · peak in {row[PHASE]}"
         for dx, dy, align in _LABEL_SPOTS:
             label = ax.annotate(text, xy, textcoords="offset points", xytext=(dx, dy), ha=align, fontsize=7,
                                 color="dimgray")
@@ -103,13 +108,13 @@ def _label_points(ax: plt.Axes, ran: pd.DataFrame, unit: str, several_points: bo
 def memory_vs_axis(summary: pd.DataFrame, axis: str, colors: dict[str, str]) -> Figure | None:
     """Peak memory and throughput against one of depth, sequence length and batch, the rest held fixed.
     A line needs two or more values of `axis` at otherwise equal settings."""
-    ran = summary[summary[TENSOR].notna()]
+    ran = summary[summary[DEVICE].notna()]
     fixed = [c for c in POINT if c != axis]
     lines = [(key, rows.sort_values(axis)) for key, rows in ran.groupby(["variant", *fixed], sort=False, dropna=False)
              if rows[axis].nunique() >= 2]
     if not lines:
         return None
-    unit = unit_for(ran[TENSOR])
+    unit = unit_for(ran[DEVICE])
     fig, (mem_ax, tok_ax) = _figure(width=12.0, ncols=2)
     per_variant = pd.Series([key[0] for key, _ in lines]).value_counts()
     for key, rows in lines:
@@ -119,43 +124,51 @@ def memory_vs_axis(summary: pd.DataFrame, axis: str, colors: dict[str, str]) -> 
             first = rows.iloc[0]
             label += " · " + ", ".join(f"{c} {first[c]}" for c in ("layers", "batch", "seq") if c != axis)
         style = {**_style(colors, name), "label": label}
-        mem_ax.plot(rows[axis], rows[TENSOR] / UNITS[unit], **style)
+        mem_ax.plot(rows[axis], rows[DEVICE] / UNITS[unit], **style)
         tok_ax.plot(rows[axis], rows[TOKENS], **style)
-    for ax, ylabel in ((mem_ax, f"peak tensor memory ({unit})"), (tok_ax, "throughput (tokens/s, median step)")):
+    for ax, ylabel in ((mem_ax, f"{DEVICE_MEMORY} ({unit})"), (tok_ax, "throughput (tokens/s, median step)")):
         ax.set_xlabel(AXES[axis])
         ax.set_ylabel(ylabel)
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted(ran[axis].unique()), labels=[str(v) for v in sorted(ran[axis].unique())])
         ax.grid(alpha=0.3)
-    mem_ax.set_title("peak tensor memory")
+    mem_ax.set_title(DEVICE_MEMORY)
     tok_ax.set_title("throughput")
     mem_ax.legend(title="method", fontsize=8, loc="best")
     return _finish(fig, f"Memory and throughput vs {AXES[axis]}")
 
 
 def memory_breakdown(point: pd.DataFrame, title: str) -> Figure | None:
-    """Stacked bars: what the peak holds, by category, one bar per variant at one point."""
+    """Stacked bars: what the peak holds, by category, one bar per variant at one point. The device's share
+    stands on the axis; host-resident states (CPU offload) are stacked above it, hatched, and labelled apart."""
     ran = point[point[TENSOR].notna()]
     if ran.empty:
         return None
     unit = unit_for(ran[TENSOR])
     fig, (ax,) = _figure(width=max(6.0, 1.2 * len(ran) + 3))
     bottom = pd.Series(0.0, index=ran.index)
+    host = {c: ran[column].fillna(0) for c, column in HOST_COLUMNS.items()}
     for category, column in zip(CATEGORIES, CATEGORY_COLUMNS, strict=True):
-        heights = ran[column].fillna(0) / UNITS[unit]
-        ax.bar(ran["variant"], heights, bottom=bottom, label=category, color=CATEGORY_COLORS[category])
+        heights = (ran[column].fillna(0) - host.get(category, 0)) / UNITS[unit]
+        ax.bar(ran["variant"], heights, bottom=bottom, label=f"{category} (device)", color=CATEGORY_COLORS[category])
         bottom += heights
-    for x, total in enumerate(bottom):
-        ax.annotate(f"{total:,.1f}", (x, total), ha="center", va="bottom", fontsize=8, xytext=(0, 2),
-                    textcoords="offset points")
-    ax.set_ylabel(f"peak tensor memory ({unit})")
+    device_top = bottom.copy()
+    for category, heights in host.items():
+        if heights.any():
+            ax.bar(ran["variant"], heights / UNITS[unit], bottom=bottom, label=f"{category} (host)",
+                   color=CATEGORY_COLORS[category], alpha=0.35, hatch="//", edgecolor="black", linewidth=0.3)
+            bottom += heights / UNITS[unit]
+    for x, (device, total) in enumerate(zip(device_top, bottom, strict=True)):
+        text = f"device {device:,.1f}" + (f"\n+ host {total - device:,.1f}" if total > device else "")
+        ax.annotate(text, (x, total), ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
+    ax.set_ylabel(f"peak tensor memory, device then host ({unit})")
     ax.set_xlabel("method")
     ax.tick_params(axis="x", labelrotation=25)
-    ax.set_ylim(0, bottom.max() * 1.12)
+    ax.set_ylim(0, bottom.max() * 1.2)
     ax.grid(axis="y", alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()  # top category first, as stacked
     ax.legend(handles[::-1], labels[::-1], title="category", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
-    return _finish(fig, f"Peak tensor memory by category\n{title}")
+    return _finish(fig, f"Peak tensor memory by category, device and host\n{title}")
 
 
 def loss_curves(point: pd.DataFrame, title: str, colors: dict[str, str]) -> Figure | None:

@@ -17,8 +17,12 @@ from revbench.reports.tables import budget_table, failures_table, markdown, memo
 
 MEASURES = """What the figures are:
 
-- **peak tensor memory**: the exact peak of live tensor bytes during one training step (profiler allocation
-  events), split into params, grads, optimizer states and activations (everything else live);
+- **peak device memory**: the exact peak of live tensor bytes during one training step (profiler allocation
+  events) that the accelerator holds, split into params, grads, optimizer states, optimizer-step workspace and
+  activations (everything else live), with the phase of the step it fell in (forward, backward or optimizer);
+- **host-resident bytes**: the model states a CPU offload keeps in host memory (DeepSpeed's float32 master
+  weights, Adam states and CPU gradient buffers), counted apart from the device's. On a CPU run host and device
+  are one memory, so this is what a GPU run would hold apart;
 - **allocator peak**: torch's CUDA caching allocator, max allocated and max reserved (CUDA runs only);
 - **NVML device used**: what nvidia-smi shows, sampled during the timed steps (CUDA runs only);
 - **host peak RSS**: the run's process tree, where CPU-offload methods keep their states;

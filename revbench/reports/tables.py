@@ -11,8 +11,11 @@ from revbench.reports.frame import (
     ALLOCATED,
     CATEGORIES,
     CATEGORY_COLUMNS,
+    DEVICE,
     HOST_RSS,
+    HOST_STATES,
     NVML_USED,
+    PHASE,
     POINT,
     RESERVED,
     SAMPLES,
@@ -29,7 +32,9 @@ def results_table(summary: pd.DataFrame) -> pd.DataFrame:
         "method": summary["variant"],
         "config": summary["point"],
         "status": summary["status"],
-        "peak tensor bytes": summary[TENSOR],
+        "peak device bytes": summary[DEVICE],
+        "host-resident bytes": summary[HOST_STATES],
+        "peak in": summary[PHASE],
         "allocator peak bytes": summary[ALLOCATED],
         "step time (s)": summary[STEP_TIME],
         "samples/s": summary[SAMPLES],
@@ -45,6 +50,9 @@ def memory_table(summary: pd.DataFrame) -> pd.DataFrame:
     for category, column in zip(CATEGORIES, CATEGORY_COLUMNS, strict=True):
         table[f"{category} bytes"] = summary[column]
     table["peak tensor bytes"] = summary[TENSOR]
+    table["host-resident bytes"] = summary[HOST_STATES]
+    table["peak device bytes"] = summary[DEVICE]
+    table["peak in"] = summary[PHASE]
     table["allocator max allocated bytes"] = summary[ALLOCATED]
     table["allocator max reserved bytes"] = summary[RESERVED]
     table["NVML device used peak bytes"] = summary[NVML_USED]

@@ -1,4 +1,4 @@
-"""LoRA (PEFT): the pretrained weights are frozen; low-rank adapters are trained instead.
+"""`lora` (PEFT): the pretrained weights are frozen; low-rank adapters are trained instead, with AdamW.
 
 Targets, in every supported family: the attention projections (q_proj, k_proj, v_proj, o_proj), the dense MLP
 projections where a layer has them (Qwen2-MoE's shared expert: gate_proj, up_proj, down_proj), and, with the
@@ -9,19 +9,22 @@ and the LM head stay frozen, as is usual for LoRA on MoE models.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import nn
 
-from revbench.methods.standard import Standard
+from revbench.states.base import ModelStates
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 DENSE_MLP = ("gate_proj", "up_proj", "down_proj")
 FUSED_EXPERTS = ("experts.gate_up_proj", "experts.down_proj")
 
 
-class Lora(Standard):
+class Lora(ModelStates):
     name = "lora"
+    option_names = ("rank", "alpha", "experts")
     precision = "the model's dtype (float32 on CPU, bfloat16 on CUDA), for the frozen weights and the adapters alike"
     not_estimable = ("PEFT moves its new adapters with Module.to(), which cannot swap fake parameters "
                      "(\"Couldn't swap Linear.weight\"), so LoRA cannot be built under fake tensors")
@@ -35,23 +38,19 @@ class Lora(Standard):
         if self.rank < 1:
             raise ValueError(f"lora rank must be >= 1, got {self.rank}")
 
-    @classmethod
-    def option_names(cls) -> tuple[str, ...]:
-        return ("rank", "alpha", "experts")
-
-    def prepare(self) -> None:
+    def setup(self, model: nn.Module) -> Callable[..., Any]:
         from peft import LoraConfig, get_peft_model
 
-        base = self.build_model()
         config = LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=0.0, bias="none",
                             target_modules=[*ATTENTION, *DENSE_MLP],
                             target_parameters=list(FUSED_EXPERTS) if self.experts else None)
         torch.manual_seed(self.spec.seed)  # the adapters' random init (B starts at zero, so the model is unchanged)
-        self.model = get_peft_model(base, config).train()
-        self.optimizer = self.spec.optimizer.build([p for p in self.model.parameters() if p.requires_grad])
+        self.model = get_peft_model(model, config).train()
+        self.optimizer = self.make_optimizer([p for p in self.model.parameters() if p.requires_grad])
+        return self.model
 
     def stats(self) -> dict[str, Any]:
-        assert self.model is not None, "prepare() first"
+        assert self.model is not None, "setup() first"
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in self.model.parameters())
         return {"rank": self.rank, "alpha": self.alpha, "fused_experts_targeted": self.experts,

@@ -1,4 +1,5 @@
-"""DeepSpeed ZeRO with CPU offload: ZeRO-2 (optimizer offloaded), ZeRO-3 (parameters too), and RevFFN on ZeRO-2.
+"""`zero2-offload` and `zero3-offload`: DeepSpeed ZeRO with CPU offload. ZeRO-2 keeps float32 master weights,
+gradient partitions and Adam states in host memory; ZeRO-3 partitions and offloads the parameters too.
 
 The ZeRO settings come from an editable JSON file in the top-level `baselines/` folder; the runner fills in what
 must match the other methods (batch sizes, precision) and sizes buckets marked "auto". The optimizer is the one
@@ -9,15 +10,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from torch import nn
 
-from revbench.measure.categories import StateTensors
-from revbench.methods.base import Method
-from revbench.methods.distributed import SingleProcessGroup, announce_compiles, import_deepspeed
+from revbench.measure.categories import HOST, StateTensors
+from revbench.states.base import ModelStates
+from revbench.states.deepspeed_runtime import SingleProcessGroup, announce_compiles, import_deepspeed
 
 BASELINES_DIR = Path(__file__).resolve().parents[2] / "baselines"
 # Keys that must match every other method, so the runner owns them and a config file may not set them.
@@ -84,49 +86,69 @@ MASTER_PARTITIONS = ("single_partition_of_fp32_groups", "fp32_partitioned_groups
 GRAD_BUFFERS = ("grads_in_partition", "ipg_buffer", "temp_grad_buffer_for_cpu_offload",
                 "temp_grad_buffer_for_gpu_offload", "averaged_gradients", "accumulated_grads_in_cpu",
                 "grad_partitions_flat_buffer")
+# The buffers DeepSpeed places on the offload device (host memory) when the optimizer is offloaded: the bit16
+# staging copy of updated partitions, and the CPU gradient buffers (ZeRO-2's per-parameter accumulators, ZeRO-3's
+# flat gradient partitions). With the parameters offloaded too (ZeRO-3), their flat CPU store and partitions.
+HOST_BUFFERS = ("param_buffer_of_bit16_for_cpu_offload_groups", "temp_grad_buffer_for_cpu_offload",
+                "accumulated_grads_in_cpu", "grad_partitions_flat_buffer")
+HOST_PARAM_BUFFERS = ("param_groups_fp16_flat_cpu_memory",)
 
 
-def zero_state_tensors(engine: Any) -> StateTensors:
+def zero_state_tensors(engine: Any, offload_param: bool) -> StateTensors:
     """DeepSpeed's own model states. The float32 master partitions count as optimizer state, as in the ZeRO paper
     (K = 12 bytes per parameter: master weights, momentum, variance). ZeRO-3's gathered full parameters exist
-    only around each layer's use, so the byte accounting sees them as transient (activations)."""
+    only around each layer's use, so the byte accounting sees them as transient (activations).
+
+    `host` lists what CPU offload keeps in host memory: master partitions and their gradients, Adam states, the
+    CPU gradient and staging buffers, and with `offload_param` the parameter partitions."""
     zero = engine.optimizer
     module_params = list(engine.module.parameters())
-    params = [*module_params, *engine.module.buffers()]
-    params += [p.ds_tensor for p in module_params if getattr(p, "ds_tensor", None) is not None]  # ZeRO-3 partitions
+    partitions = [p.ds_tensor for p in module_params if getattr(p, "ds_tensor", None) is not None]  # ZeRO-3
+    params = [*module_params, *engine.module.buffers(), *partitions]
     params += tensors_in([getattr(zero, name, None) for name in PARAM_BUFFERS])
     masters = tensors_in([getattr(zero, name, None) for name in MASTER_PARTITIONS])
-    grads = [t.grad for t in module_params + masters if t.grad is not None]
+    master_grads = [t.grad for t in masters if t.grad is not None]
+    grads = [t.grad for t in module_params if t.grad is not None] + master_grads
     grads += tensors_in([getattr(zero, name, None) for name in GRAD_BUFFERS])
     grads += tensors_in([getattr(bucket, "buffer", None) for bucket in getattr(zero, "ipg_buckets", {}).values()])
     states = tensors_in(list(zero.optimizer.state.values()))
-    return {"params": params, "grads": grads, "optimizer": masters + states}
+    host = masters + master_grads + states + tensors_in([getattr(zero, name, None) for name in HOST_BUFFERS])
+    if offload_param:
+        host += partitions + tensors_in([getattr(zero, name, None) for name in HOST_PARAM_BUFFERS])
+    return {"params": params, "grads": grads, "optimizer": masters + states, HOST: host}
 
 
-class DeepSpeedZero(Method):
+class ZeroOffload(ModelStates):
     """A ZeRO stage with CPU offload, driven by `engine.backward` and `engine.step`."""
 
     stage: ClassVar[int]
     offload_param: ClassVar[bool]
     config_name: ClassVar[str]  # the default config file, baselines/<config_name>.json
+    option_names = ("config",)  # path to a DeepSpeed JSON config; default baselines/<config_name>.json
     precision = ("float32 on CPU; on CUDA bfloat16 parameters and compute, with DeepSpeed's float32 master weights, "
                  "gradient partitions and Adam states in host memory")
     not_estimable = ("DeepSpeed offload keeps float32 master weights, gradient partitions and Adam states in "
                      "host-side flat buffers updated by the compiled CPU Adam op, which fake tensors cannot run")
+    uses_adamw_implementation = False  # DeepSpeed's CPU Adam does the update
 
     def __init__(self, spec: Any) -> None:
         super().__init__(spec)
+        self.device = torch.device(spec.device)
         self.engine: Any = None
         self.group = SingleProcessGroup()
         self.config_path = Path(spec.options.get("config", BASELINES_DIR / f"{self.config_name}.json"))
         self.config: dict[str, Any] = {}
         self.init_seconds = 0.0
 
-    @classmethod
-    def option_names(cls) -> tuple[str, ...]:
-        return ("config",)  # path to a DeepSpeed JSON config; default baselines/<config_name>.json
+    def prebuild(self) -> None:
+        """Load (JIT-compiling once, about a minute) the CPU Adam op, so no measured window holds the compiler."""
+        import_deepspeed(self.device)
+        from deepspeed.accelerator import get_accelerator
 
-    def prepare(self) -> None:
+        announce_compiles(["CPUAdamBuilder"])
+        get_accelerator().create_op_builder("CPUAdamBuilder").load()
+
+    def setup(self, model: nn.Module) -> Callable[..., Any]:
         deepspeed = import_deepspeed(self.device)
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
@@ -134,14 +156,11 @@ class DeepSpeedZero(Method):
         started = time.perf_counter()
         self.group.open(deepspeed, self.device)
         try:
-            model = self.build_model().train()
             self.config = fill_config(config, self.spec.workload.batch, next(model.parameters()).dtype,
                                       model.config.hidden_size)
             announce_compiles(["CPUAdamBuilder"])
-            opt = self.spec.optimizer
             trainable = [p for p in model.parameters() if p.requires_grad]
-            cpu_adam = DeepSpeedCPUAdam(trainable, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps,
-                                        weight_decay=opt.weight_decay, adamw_mode=True)
+            cpu_adam = DeepSpeedCPUAdam(trainable, **self.spec.optimizer.hyperparameters(), adamw_mode=True)
             self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=cpu_adam,
                                                                      config=self.config)
         except BaseException:
@@ -149,17 +168,17 @@ class DeepSpeedZero(Method):
             raise
         self.model = self.engine.module
         self.init_seconds = time.perf_counter() - started
+        return self.engine
 
-    def train_step(self, input_ids: torch.Tensor) -> torch.Tensor:
-        input_ids = input_ids.to(self.device)
-        loss = self.engine(input_ids=input_ids, labels=input_ids).loss
+    def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)
+
+    def step(self) -> None:
         self.engine.step()
-        return loss.detach()
 
     def state_tensors(self) -> StateTensors:
-        assert self.engine is not None, "prepare() first"
-        return zero_state_tensors(self.engine)
+        assert self.engine is not None, "setup() first"
+        return zero_state_tensors(self.engine, self.offload_param)
 
     def full_parameters(self) -> dict[str, torch.Tensor]:
         if self.stage < 3:
@@ -183,54 +202,15 @@ class DeepSpeedZero(Method):
         super().teardown()
 
 
-class Zero2Offload(DeepSpeedZero):
+class Zero2Offload(ZeroOffload):
     name = "zero2-offload"
     stage = 2
     offload_param = False
     config_name = "zero2-offload"
 
 
-class Zero3Offload(DeepSpeedZero):
+class Zero3Offload(ZeroOffload):
     name = "zero3-offload"
     stage = 3
     offload_param = True
     config_name = "zero3-offload"
-
-
-class RevFFNZero2Offload(Zero2Offload):
-    """RevFFN's reversible blocks (activations) on ZeRO-2 offload (model states): the two save different memory.
-
-    DeepSpeed fixes the trainable set at initialize, so the RevFFN stages that keep one trainable set work
-    ("full", "warmup") and "two-stage", which thaws the pretrained weights mid-run, does not.
-    """
-
-    name = "revffn-zero2-offload"
-    precision = "as revffn, with zero2-offload's float32 master weights and Adam states in host memory on CUDA"
-
-    def __init__(self, spec: Any) -> None:
-        from revbench.revffn.schedule import check_stage
-
-        super().__init__(spec)
-        self.revffn_stage = spec.options.get("stage", "full")
-        check_stage(self.revffn_stage, int(spec.options.get("warmup_steps", 0)))
-        if self.revffn_stage == "two-stage":
-            raise ValueError("revffn-zero2-offload cannot run RevFFN stage 'two-stage': DeepSpeed fixes the trainable "
-                             "parameters at initialize; use stage 'full' or 'warmup'")
-
-    @classmethod
-    def option_names(cls) -> tuple[str, ...]:
-        from revbench.methods.revffn import REVFFN_METHOD_OPTIONS
-
-        return (*super().option_names(), *REVFFN_METHOD_OPTIONS)
-
-    def build_model(self) -> torch.nn.Module:
-        from revbench.methods.revffn import build_revffn_model
-        from revbench.revffn.schedule import set_trainable
-
-        model = build_revffn_model(self.spec)
-        set_trainable(model, everything=self.revffn_stage == "full")
-        return model
-
-    def stats(self) -> dict[str, Any]:
-        assert self.model is not None, "prepare() first"
-        return {**super().stats(), "stage": self.revffn_stage, **self.model.reconstruction_summary()}

@@ -1,19 +1,18 @@
-"""Activation checkpointing: each decoder layer keeps only its input and recomputes the rest in backward."""
+"""`checkpoint`: each decoder layer keeps only its input and recomputes the rest in backward."""
 
 from __future__ import annotations
 
-import torch
+from torch import nn
 
-from revbench.methods.standard import Standard
+from revbench.activations.base import Activations
 
 
-class Checkpointing(Standard):
+class Checkpoint(Activations):
     """Transformers' own layer checkpointing, non-reentrant (torch.utils.checkpoint with use_reentrant=False)."""
 
-    name = "checkpointing"
+    name = "checkpoint"
 
-    def build_model(self) -> torch.nn.Module:
-        model = super().build_model()
+    def build(self, model: nn.Module) -> nn.Module:
         kwargs = {"use_reentrant": False}
         # transformers 5.24 renamed gradient_checkpointing_enable (now a deprecated alias); 5.17 has only the old name.
         if hasattr(model, "activation_checkpointing_enable"):

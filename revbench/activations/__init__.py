@@ -1,0 +1,7 @@
+"""Activation techniques: what forward keeps for backward. One file each; imported only when used."""
+
+ACTIVATIONS: dict[str, str] = {
+    "store": "revbench.activations.store:Store",
+    "checkpoint": "revbench.activations.checkpoint:Checkpoint",
+    "revffn": "revbench.activations.revffn:RevFFN",
+}

@@ -1,0 +1,33 @@
+"""The activation-technique interface: turn the built model into the one that trains."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from torch import nn
+
+from revbench.methods.base import TrainSpec
+
+
+class Activations:
+    """Keeps every activation: the model as built. Subclasses change what forward saves for backward."""
+
+    name: ClassVar[str]
+    option_names: ClassVar[tuple[str, ...]] = ()
+    not_estimable: ClassVar[str | None] = None  # why fake tensors cannot run it, or None
+
+    def __init__(self, spec: TrainSpec) -> None:
+        self.spec = spec
+
+    def build(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def refuses(self, states: str, loss: str) -> str | None:
+        """Why this technique cannot run with the given model-state and loss techniques, or None."""
+        return None
+
+    def before_step(self, model: nn.Module, step: int) -> None:
+        """Called before each training step (0-based), outside any measured window's forward."""
+
+    def stats(self, model: nn.Module) -> dict[str, Any]:
+        return {}

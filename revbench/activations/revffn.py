@@ -1,0 +1,51 @@
+"""`revffn`: the paper's reversible blocks keep only the stack's output and rebuild each layer's input in backward.
+
+The conversion and the two-stage schedule (adapters first, then everything) live in `revbench.revffn`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from revbench.activations.base import Activations
+from revbench.methods.base import TrainSpec
+from revbench.revffn import OPTION_NAMES, convert
+from revbench.revffn.schedule import check_stage, set_trainable, trains_everything
+
+
+class RevFFN(Activations):
+    name = "revffn"
+    option_names = (*OPTION_NAMES, "stage", "warmup_steps")
+
+    def __init__(self, spec: TrainSpec) -> None:
+        super().__init__(spec)
+        self.stage = spec.options.get("stage", "full")
+        self.warmup_steps = int(spec.options.get("warmup_steps", 100))
+        check_stage(self.stage, self.warmup_steps)
+        self.steps = 0
+
+    def build(self, model: nn.Module) -> nn.Module:
+        options = {k: v for k, v in self.spec.options.items() if k in OPTION_NAMES}
+        model = convert(model, **options)
+        set_trainable(model, trains_everything(self.stage, 0, self.warmup_steps))
+        return model
+
+    def refuses(self, states: str, loss: str) -> str | None:
+        if states == "lora":
+            return ("LoRA freezes every weight but its own adapters, so RevFFN's newly initialised stream adapters "
+                    "would never train")
+        if states.startswith("zero") and self.stage == "two-stage":
+            return ("DeepSpeed fixes the trainable parameters at initialize, so RevFFN stage 'two-stage' (which thaws "
+                    "the pretrained weights mid-run) cannot run on it; use stage 'full' or 'warmup'")
+        return None
+
+    def before_step(self, model: nn.Module, step: int) -> None:
+        set_trainable(model, trains_everything(self.stage, step, self.warmup_steps))
+        self.steps = step + 1
+
+    def stats(self, model: nn.Module) -> dict[str, Any]:
+        return {"stage": self.stage, "steps": self.steps,
+                "trains_everything": trains_everything(self.stage, max(self.steps - 1, 0), self.warmup_steps),
+                **model.reconstruction_summary()}

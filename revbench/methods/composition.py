@@ -1,0 +1,106 @@
+"""A method is a composition of three techniques: activations x model states x loss.
+
+The seven named methods are presets of the three axes, and nothing more. Any other combination is written
+`ACTIVATIONS+STATES+LOSS` (e.g. `checkpoint+adamw-8bit-in-backward+chunked`), or obtained from a preset by
+overriding an axis. A composition's name is its preset's name where one matches, so records stay comparable.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, replace
+from typing import Any
+
+from revbench.activations import ACTIVATIONS
+from revbench.loss import LOSSES
+from revbench.methods.base import OptimizerSpec
+from revbench.states import STATES
+
+AXES: dict[str, dict[str, str]] = {"activations": ACTIVATIONS, "states": STATES, "loss": LOSSES}
+SEPARATOR = "+"
+
+
+class UnknownMethodError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Composition:
+    activations: str = "store"
+    states: str = "adamw"
+    loss: str = "full"
+
+    def __post_init__(self) -> None:
+        for axis, registry in AXES.items():
+            value = getattr(self, axis)
+            if value not in registry:
+                raise UnknownMethodError(f"unknown {axis} technique {value!r}; choose one of {', '.join(registry)}")
+
+    @property
+    def name(self) -> str:
+        """The preset's name where this is a preset, else `activations+states+loss`."""
+        for preset, composition in PRESETS.items():
+            if composition == self:
+                return preset
+        return SEPARATOR.join(self.techniques())
+
+    def techniques(self) -> tuple[str, str, str]:
+        return self.activations, self.states, self.loss
+
+    def with_axes(self, **axes: str | None) -> Composition:
+        """This composition with the given axes replaced (None keeps an axis)."""
+        return replace(self, **{axis: value for axis, value in axes.items() if value is not None})
+
+    def to_dict(self) -> dict[str, str]:
+        return {"activations": self.activations, "states": self.states, "loss": self.loss}
+
+
+PRESETS: dict[str, Composition] = {
+    "standard": Composition("store", "adamw", "full"),
+    "checkpointing": Composition("checkpoint", "adamw", "full"),
+    "zero2-offload": Composition("store", "zero2-offload", "full"),
+    "zero3-offload": Composition("store", "zero3-offload", "full"),
+    "lora": Composition("store", "lora", "full"),
+    "revffn": Composition("revffn", "adamw", "full"),
+    "revffn-zero2-offload": Composition("revffn", "zero2-offload", "full"),
+}
+
+
+def parse_method(text: str) -> Composition:
+    """A preset name, or `activations+states+loss`."""
+    if text in PRESETS:
+        return PRESETS[text]
+    parts = text.split(SEPARATOR)
+    if len(parts) != 3:
+        raise UnknownMethodError(
+            f"unknown method {text!r}; the methods are {', '.join(PRESETS)}, or a composition ACTIVATIONS+STATES+LOSS "
+            f"with activations {'|'.join(ACTIVATIONS)}, states {'|'.join(STATES)} and loss {'|'.join(LOSSES)}")
+    return Composition(*parts)
+
+
+def technique_class(axis: str, name: str) -> type[Any]:
+    module, cls = AXES[axis][name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def technique_classes(composition: Composition) -> dict[str, type[Any]]:
+    return {axis: technique_class(axis, getattr(composition, axis)) for axis in AXES}
+
+
+def option_names(composition: Composition) -> tuple[str, ...]:
+    """Every option the composition's techniques take."""
+    return tuple(name for cls in technique_classes(composition).values() for name in cls.option_names)
+
+
+def resolve_optimizer(composition: Composition, optimizer: OptimizerSpec, device: str) -> OptimizerSpec:
+    """The optimizer with AdamW's "auto" implementation made concrete for `device`, where the composition's
+    model-state technique runs torch's AdamW (8-bit and DeepSpeed's CPU Adam have kernels of their own)."""
+    if technique_class("states", composition.states).uses_adamw_implementation:
+        return optimizer.resolved(device)
+    return optimizer
+
+
+def not_estimable(composition: Composition) -> str | None:
+    """Why fake tensors cannot run this composition, or None."""
+    return next((cls.not_estimable for cls in technique_classes(composition).values()
+                 if getattr(cls, "not_estimable", None)), None)

@@ -1,0 +1,12 @@
+"""Model-state techniques: where the weights, gradients and optimizer states live and how they update.
+One file each; imported only when used (DeepSpeed, PEFT and bitsandbytes are heavy)."""
+
+STATES: dict[str, str] = {
+    "adamw": "revbench.states.adamw:AdamW",
+    "adamw-in-backward": "revbench.states.in_backward:AdamWInBackward",
+    "adamw-8bit": "revbench.states.adamw_8bit:AdamW8bit",
+    "adamw-8bit-in-backward": "revbench.states.in_backward:AdamW8bitInBackward",
+    "zero2-offload": "revbench.states.zero_offload:Zero2Offload",
+    "zero3-offload": "revbench.states.zero_offload:Zero3Offload",
+    "lora": "revbench.states.lora:Lora",
+}
