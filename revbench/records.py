@@ -76,23 +76,70 @@ def append_record(directory: str | Path, record: RunRecord) -> Path:
     return path
 
 
+# The types of a record's fields, and the config entries every table and check reads.
+_TYPES: dict[str, tuple[type, ...]] = {
+    "run_id": (str,), "suite": (str,), "method": (str,), "status": (str,), "config": (dict,), "env": (dict,),
+    "error": (str, type(None)), "losses": (list,), "metrics": (dict,), "method_stats": (dict,),
+    "started": (str, type(None)), "finished": (str, type(None)), "duration_s": (int, float, type(None)),
+    "schema": (str,),
+}
+_REQUIRED = ("run_id", "suite", "method", "status", "config", "env")
+_CONFIG: dict[str, tuple[str, ...]] = {"model": ("preset", "layers", "dtype"), "workload": ("batch", "seq")}
+
+
+def record_problem(data: Any) -> str | None:
+    """Why `data` (one decoded line) is not a run record this revbench can read; None when it is one."""
+    if not isinstance(data, dict):
+        return f"a JSON {type(data).__name__}, not an object"
+    if data.get("schema") != SCHEMA:
+        return f"schema {data.get('schema')!r}, this revbench reads {SCHEMA!r}"
+    missing = [key for key in _REQUIRED if key not in data]
+    if missing:
+        return f"no {', '.join(missing)}"
+    extra = sorted(set(data) - set(_TYPES))
+    if extra:
+        return f"unknown field {', '.join(extra)}"
+    for key, types in _TYPES.items():
+        if key in data and (isinstance(data[key], bool) or not isinstance(data[key], types)):
+            return f"{key} is a {type(data[key]).__name__}"
+    if data["status"] not in STATUSES:
+        return f"unknown status {data['status']!r}"
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in data["losses"]):
+        return "losses holds a value that is not a number"
+    config = data["config"]
+    if not isinstance(config.get("device"), str):
+        return "config has no device"
+    for section, keys in _CONFIG.items():
+        if not isinstance(config.get(section), dict) or any(k not in config[section] for k in keys):
+            return f"config.{section} lacks {', '.join(keys)}"
+    return None
+
+
 def read_records(path: str | Path) -> Iterator[RunRecord]:
-    """Records of a results file (or a directory holding one). A line torn by a killed writer is skipped
-    with a warning naming it."""
+    """Records of a results file (or a directory holding one). A line that is not a record (torn by a killed
+    writer, edited, from another schema) is skipped with a warning naming its line and why; never raises
+    for a file's content."""
     path = Path(path)
     if path.is_dir():
         path = path / RESULTS_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"no results file at {str(path)!r}")
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError as exc:
-            warnings.warn(f"{path}:{number}: skipped a line that is not a JSON record ({exc})", stacklevel=2)
-            continue
-        yield RunRecord.from_dict(data)
+        raise FileNotFoundError(f"no results file at {str(path)!r}" + (
+            " (give a results directory or its results.jsonl)" if path.exists() else ""))
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, 1):
+            line = raw.decode("utf-8", errors="replace").strip()
+            if not line:
+                continue
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as exc:
+                warnings.warn(f"{path}:{number}: skipped a line that is not JSON ({exc})", stacklevel=2)
+                continue
+            problem = record_problem(data)
+            if problem:
+                warnings.warn(f"{path}:{number}: skipped a record: {problem}", stacklevel=2)
+                continue
+            yield RunRecord.from_dict(data)
 
 
 def latest(records: Iterable[RunRecord]) -> list[RunRecord]:

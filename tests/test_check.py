@@ -110,7 +110,7 @@ def test_mixed_environments_are_refused(runs, tmp_path, capsys) -> None:
     with pytest.raises(ValueError, match=r"refusing to compare.*cpu.*cuda:NVIDIA H200"):
         check([runs["reference"]], [on_gpu])
     code = main(["check", write(tmp_path / "cur", runs["reference"]), "--against", write(tmp_path / "ref", on_gpu)])
-    assert code == 2 and "refusing to compare" in capsys.readouterr().err
+    assert code == 3 and "refusing to compare" in capsys.readouterr().err
 
 
 def test_tolerance_errors_name_the_problem() -> None:

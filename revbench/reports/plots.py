@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from revbench.reports.frame import CATEGORIES, CATEGORY_COLUMNS, POINT, TENSOR, TOKENS
-from revbench.reports.units import UNITS, unit_for
+from revbench.units import BINARY, unit_for
 
 AXES = {"layers": "depth (decoder layers)", "seq": "sequence length (tokens)", "batch": "batch size (sequences)"}
 CATEGORY_COLORS = {"params": "#4c72b0", "grads": "#dd8452", "optimizer": "#55a868", "activations": "#c44e52"}
@@ -57,7 +57,7 @@ def memory_vs_throughput(summary: pd.DataFrame, colors: dict[str, str]) -> Figur
     several_points = ran["point"].nunique() > 1
     for name, rows in ran.groupby("variant", sort=False):
         style = _style(colors, name)
-        ax.scatter(rows[TOKENS], rows[TENSOR] / UNITS[unit], s=70, color=style["color"], marker=style["marker"],
+        ax.scatter(rows[TOKENS], rows[TENSOR] / BINARY[unit], s=70, color=style["color"], marker=style["marker"],
                    label=name, alpha=0.85, edgecolor="black", linewidth=0.5, zorder=3)
     if ran[TOKENS].max() > 20 * ran[TOKENS].min():
         ax.set_xscale("log")
@@ -66,7 +66,7 @@ def memory_vs_throughput(summary: pd.DataFrame, colors: dict[str, str]) -> Figur
         ax.xaxis.set_minor_formatter(NullFormatter())
     else:
         ax.set_xlim(0, ran[TOKENS].max() * 1.25)
-    ax.set_ylim(0, (ran[TENSOR] / UNITS[unit]).max() * 1.15)
+    ax.set_ylim(0, (ran[TENSOR] / BINARY[unit]).max() * 1.15)
     _label_points(ax, ran, unit, several_points)
     ax.set_xlabel("throughput (tokens/s, median step)")
     ax.set_ylabel(f"peak tensor memory ({unit})")
@@ -88,7 +88,7 @@ def _label_points(ax: plt.Axes, ran: pd.DataFrame, unit: str, several_points: bo
     taken = []
     renderer = fig.canvas.get_renderer()
     for _, row in ran.iterrows():
-        xy = (row[TOKENS], row[TENSOR] / UNITS[unit])
+        xy = (row[TOKENS], row[TENSOR] / BINARY[unit])
         text = f"L{row['layers']} {row['batch']}×{row['seq']}" if several_points else row["variant"]
         for dx, dy, align in _LABEL_SPOTS:
             label = ax.annotate(text, xy, textcoords="offset points", xytext=(dx, dy), ha=align, fontsize=7,
@@ -119,7 +119,7 @@ def memory_vs_axis(summary: pd.DataFrame, axis: str, colors: dict[str, str]) -> 
             first = rows.iloc[0]
             label += " · " + ", ".join(f"{c} {first[c]}" for c in ("layers", "batch", "seq") if c != axis)
         style = {**_style(colors, name), "label": label}
-        mem_ax.plot(rows[axis], rows[TENSOR] / UNITS[unit], **style)
+        mem_ax.plot(rows[axis], rows[TENSOR] / BINARY[unit], **style)
         tok_ax.plot(rows[axis], rows[TOKENS], **style)
     for ax, ylabel in ((mem_ax, f"peak tensor memory ({unit})"), (tok_ax, "throughput (tokens/s, median step)")):
         ax.set_xlabel(AXES[axis])
@@ -142,7 +142,7 @@ def memory_breakdown(point: pd.DataFrame, title: str) -> Figure | None:
     fig, (ax,) = _figure(width=max(6.0, 1.2 * len(ran) + 3))
     bottom = pd.Series(0.0, index=ran.index)
     for category, column in zip(CATEGORIES, CATEGORY_COLUMNS, strict=True):
-        heights = ran[column].fillna(0) / UNITS[unit]
+        heights = ran[column].fillna(0) / BINARY[unit]
         ax.bar(ran["variant"], heights, bottom=bottom, label=category, color=CATEGORY_COLORS[category])
         bottom += heights
     for x, total in enumerate(bottom):

@@ -20,7 +20,7 @@ from revbench.reports.frame import (
     TENSOR,
     TOKENS,
 )
-from revbench.reports.units import UNITS, unit_for
+from revbench.units import BINARY, unit_for
 
 
 def results_table(summary: pd.DataFrame) -> pd.DataFrame:
@@ -92,7 +92,7 @@ def readable(table: pd.DataFrame) -> pd.DataFrame:
     out = table.copy()
     for column in [c for c in out if c.endswith("bytes")]:
         unit = unit_for(out[column])
-        out[column] = [f"{v / UNITS[unit]:,.1f}" if pd.notna(v) else "n/a" for v in out[column]]
+        out[column] = [f"{v / BINARY[unit]:,.1f}" if pd.notna(v) else "n/a" for v in out[column]]
         out = out.rename(columns={column: column.replace("bytes", f"({unit})")})
     for column in out.select_dtypes("number"):
         out[column] = [_number(v) for v in out[column]]
