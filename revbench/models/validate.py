@@ -92,7 +92,7 @@ def validate_model(spec: ModelSpec) -> None:
         blame = "config.num_attention_heads" if "num_attention_heads" in spec.config else where["hidden_size"]
         raise ShapeError(blame,
                          f"hidden size {hidden} is not divisible by the {heads} attention heads "
-                         f"(num_attention_heads); choose a multiple of {heads}")
+                         f"(num_attention_heads); the hidden size must be a multiple of the heads")
     if kv_heads < 1 or heads % kv_heads:
         raise ShapeError("config.num_key_value_heads",
                          f"{kv_heads} key/value heads do not divide the {heads} attention heads")

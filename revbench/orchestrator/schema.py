@@ -155,11 +155,12 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise FieldError("", f"takes key=value with a dotted key (e.g. workload.seq=64), got {text!r}")
+        raise FieldError("", f"--set takes key=value with a dotted key (e.g. workload.seq=64), got {text!r}")
     try:
         return key, yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise FieldError(key, f"value {raw!r} is not valid YAML: {exc}") from None
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise FieldError(key, f"value {raw!r} is not valid YAML: {problem}") from None
 
 
 def parse_bytes(value: int | str, path: str) -> int:

@@ -139,13 +139,20 @@ def suite_path(ref: str) -> Path:
     return shipped
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error on one line: what is wrong and where (line and column, counted from 1)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
 def read_suite_file(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except UnicodeDecodeError:
         raise SuiteError(f"suite file {str(path)!r} is not text (UTF-8 YAML)") from None
     except yaml.YAMLError as exc:
-        raise SuiteError(f"suite file {str(path)!r} is not valid YAML: {exc}") from None
+        raise SuiteError(f"suite file {str(path)!r} is not valid YAML: {yaml_problem(exc)}") from None
     if data is None:
         raise SuiteError(f"suite file {str(path)!r} is empty; it must hold a mapping of suite fields (name, model, "
                          f"workload, methods, ...), e.g. {str(SUITES_DIR / 'smoke.yaml')!r}")
@@ -189,7 +196,8 @@ def load_suite(ref: str | None = None, overrides: list[str] | None = None, metho
     try:
         data = apply_overrides(raw, assignments)
     except FieldError as exc:
-        raise SuiteError(f"suite {path.stem!r}: --set {exc}") from None
+        where = "--set " if exc.path else ""  # a message without a field names --set itself
+        raise SuiteError(f"suite {path.stem!r}: {where}{exc}") from None
     if methods is not None:
         data["methods"] = methods
     if device is not None:
