@@ -103,7 +103,7 @@ class ProgressReader:
 
     def where(self) -> str:
         if not self.last:
-            return "before the worker reported anything"
+            return "before it reported anything"
         if self.last["phase"] == "prepare":
             return "while preparing (building the model and optimizer)"
         return f"at step {self.last['step']}/{self.last['total']}"
