@@ -52,6 +52,19 @@ class RunRecord:
         return cls(**data)
 
 
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def project_relative(path: str | Path) -> str:
+    """A file inside the project by its path relative to the project root (so committed records do not carry
+    one machine's layout); a file elsewhere by its absolute path."""
+    resolved = Path(path).expanduser().resolve()
+    try:
+        return resolved.relative_to(PROJECT_ROOT).as_posix()
+    except ValueError:
+        return str(resolved)
+
+
 def run_id(suite: str, method: str, config: dict[str, Any], repeat: int) -> str:
     """Stable id of a run: the same suite, method, resolved config and repeat give the same id (resume)."""
     blob = json.dumps({"suite": suite, "method": method, "config": config, "repeat": repeat}, sort_keys=True)

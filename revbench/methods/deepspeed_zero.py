@@ -18,6 +18,7 @@ import torch
 from revbench.measure.categories import StateTensors
 from revbench.methods.base import Method
 from revbench.methods.distributed import SingleProcessGroup, announce_compiles, import_deepspeed
+from revbench.records import project_relative
 
 BASELINES_DIR = Path(__file__).resolve().parents[2] / "baselines"
 # Keys that must match every other method, so the runner owns them and a config file may not set them.
@@ -172,7 +173,7 @@ class DeepSpeedZero(Method):
 
     def stats(self) -> dict[str, Any]:
         return {"zero_stage": self.stage, "offload_optimizer": "cpu", "offload_param": "cpu" if self.offload_param
-                else "none", "config_file": str(self.config_path), "ds_config": self.config,
+                else "none", "config_file": project_relative(self.config_path), "ds_config": self.config,
                 "init_seconds": self.init_seconds}
 
     def teardown(self) -> None:
