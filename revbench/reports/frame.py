@@ -22,7 +22,10 @@ HOST_RSS = "memory.host.peak_rss_bytes"
 STEP_TIME = "step_time_s.median"
 SAMPLES = "samples_per_s"
 TOKENS = "tokens_per_s"
-METRICS = (TENSOR, *CATEGORY_COLUMNS, ALLOCATED, RESERVED, NVML_USED, HOST_RSS, STEP_TIME, SAMPLES, TOKENS)
+# Throughput at the slow (p90) and fast (p10) step times: the spread of the timed steps, for error bars.
+TOKENS_P10, TOKENS_P90 = "tokens_per_s.p10", "tokens_per_s.p90"
+METRICS = (TENSOR, *CATEGORY_COLUMNS, ALLOCATED, RESERVED, NVML_USED, HOST_RSS, STEP_TIME, SAMPLES, TOKENS,
+           TOKENS_P10, TOKENS_P90)
 # What makes two runs the same measurement point, apart from the method and the repeat.
 POINT = ("preset", "layers", "hidden", "experts", "top_k", "dtype", "device", "gpus", "batch", "seq", "data",
          "steps", "warmup", "memory_budget_bytes")
@@ -82,6 +85,9 @@ def record_row(record: RunRecord) -> dict[str, Any]:
         "losses": losses,
     }
     row.update(flatten(record.metrics))
+    for column, step_time in ((TOKENS_P10, "step_time_s.p90"), (TOKENS_P90, "step_time_s.p10")):
+        seconds = row.get(step_time)
+        row[column] = row["tokens_per_step"] / seconds if isinstance(seconds, (int, float)) and seconds > 0 else None
     return row
 
 

@@ -53,7 +53,9 @@ def memory_table(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def failures_table(frame: pd.DataFrame) -> pd.DataFrame:
-    failed = frame[frame["status"] != "ok"]
+    """Runs that did not finish; a budget probe that hit OOM is not one (it is how the search narrows down)."""
+    probe_oom = frame["search_key"].notna() & (frame["status"] == "oom")
+    failed = frame[(frame["status"] != "ok") & ~probe_oom]
     return pd.DataFrame({"run_id": failed["run_id"], "method": failed["variant"], "config": failed["point"],
                          "status": failed["status"], "error": failed["error"].fillna("")})
 
@@ -81,6 +83,8 @@ def budget_table(frame: pd.DataFrame) -> pd.DataFrame:
                 "largest fit": largest,
                 "first OOM": ooms.min() if not ooms.empty else None,
                 "probes": len(runs),
+                "search path": " → ".join(f"{r[searched]} {'fits' if r['status'] == 'ok' else r['status'].upper()}"
+                                          for _, r in runs.iterrows()),
                 "other failures": ", ".join(f"{r[searched]}: {r['status']}" for _, r in runs.iterrows()
                                             if r["status"] not in ("ok", "oom")) or "none",
             })
