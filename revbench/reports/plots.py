@@ -198,14 +198,15 @@ def largest_fit(budget: pd.DataFrame, frame: pd.DataFrame, colors: dict[str, str
     if budget.empty:
         return None
     keys = list(dict.fromkeys(budget["searched"]))
-    fig, axes = _figure(width=6.0 * len(keys), ncols=len(keys))
+    fig, axes = _figure(width=7.5 * len(keys), ncols=len(keys))
     for ax, key in zip(axes, keys, strict=True):
         rows = budget[budget["searched"] == key]
         values = rows["largest fit"].fillna(0)
         ax.barh(rows["method"], values, color=[colors.get(v, "gray") for v in rows["method"]])
         for y, (value, oom) in enumerate(zip(values, rows["first OOM"], strict=True)):
             note = f"{value:,.0f}" + (f" (OOM at {oom:,.0f})" if pd.notna(oom) else " (no OOM seen)")
-            ax.annotate(note, (value, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
+            ax.annotate(note, (value, y + 0.25), xytext=(4, 0), textcoords="offset points", va="center",
+                        fontsize=8)
         _probes(ax, frame, key, list(rows["method"]))
         ax.set_xlabel(f"largest {AXES.get(key, key)} that fits")
         ax.set_ylabel("method")
@@ -214,8 +215,8 @@ def largest_fit(budget: pd.DataFrame, frame: pd.DataFrame, colors: dict[str, str
         ax.set_xlim(0, max(values.max(), probed.max() if not probed.empty else 0, 1) * 1.5)
         ax.grid(axis="x", alpha=0.3)
         ax.set_title(f"{key} under {rows['budget'].iloc[0]}")
-    return _finish(fig, "Largest value that fits the memory budget (found by real runs)\n"
-                   "dots: probes that fitted; crosses: probes that hit OOM; numbers: the order they ran")
+    return _finish(fig, "Largest value that fits the memory budget, found by real runs\n"
+                   "(dot: probe fitted, cross: probe hit OOM, number: order run)")
 
 
 def _probe_rows(frame: pd.DataFrame, key: str) -> pd.DataFrame:
@@ -232,4 +233,4 @@ def _probes(ax: plt.Axes, frame: pd.DataFrame, key: str, variants: list[str]) ->
             ax.plot(run[key], y, marker="o" if fitted else "x", color="black" if fitted else "#c44e52",
                     markersize=6, linestyle="none", zorder=3)
             ax.annotate(str(order), (run[key], y), xytext=(0, 6), textcoords="offset points", ha="center",
-                        fontsize=6, color="dimgray")
+                        fontsize=7, color="black")
