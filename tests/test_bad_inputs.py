@@ -253,10 +253,13 @@ def test_run_refuses_a_bad_flag(tmp_path: Path, capsys: pytest.CaptureFixture[st
     refused(["run", str(tiny_suite(tmp_path)), "--out", str(tmp_path / "out"), *flags], expected, capsys)
 
 
-def test_run_refuses_an_out_that_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("argv", [["run", "{suite}", "--out"], ["run", "{suite}", "--report-dir"],
+                                  ["quality", "--out"], ["quality", "--report-dir"], ["report", "{tmp}", "--out"]])
+def test_an_output_directory_that_is_a_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       argv: list[str]) -> None:
     (tmp_path / "taken").write_text("x")
-    refused(["run", str(tiny_suite(tmp_path)), "--out", str(tmp_path / "taken")], "--out", capsys)
-    refused(["run", str(tiny_suite(tmp_path)), "--report-dir", str(tmp_path / "taken")], "--report-dir", capsys)
+    argv = [a.format(suite=tiny_suite(tmp_path), tmp=tmp_path) for a in argv]
+    refused([*argv, str(tmp_path / "taken")], f"argument {argv[-1]}: '{tmp_path / 'taken'}' is a file", capsys)
 
 
 def test_run_refuses_a_checkpoint_without_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from revbench.units import parse_bytes
 
@@ -31,6 +32,14 @@ def positive(text: str) -> int:
 
 def at_least_two(text: str) -> int:
     return _integer(text, 2)
+
+
+def directory(text: str) -> Path:
+    """A directory to write into: created when missing, refused when a file is in the way."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a file; give a directory (it is created when missing)")
+    return path
 
 
 def comma_list(text: str) -> list[str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from revbench.commands import FAILED, INTERRUPTED, OK
-from revbench.commands.args import comma_list
+from revbench.commands.args import comma_list, directory
 from revbench.records import STATUSES
 
 if TYPE_CHECKING:
@@ -34,8 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="override a suite field by its dotted key, e.g. --set workload.seq=64 "
                         "--set model.layers=2 (repeatable; a swept key is then fixed)")
     parser.add_argument("--device", default=None, help="auto (cuda if available, else cpu), cpu, cuda or cuda:N")
-    parser.add_argument("--out", type=Path, default=None, help="results directory (default results/<suite>/)")
-    parser.add_argument("--report-dir", type=Path, default=None,
+    parser.add_argument("--out", type=directory, default=None, help="results directory (default results/<suite>/)")
+    parser.add_argument("--report-dir", type=directory, default=None,
                         help="report directory (default reports/<suite>/, or <out>/report/ with --out)")
     parser.add_argument("--no-report", action="store_true", help="only run; `revbench report DIR` renders later")
     parser.add_argument("--retry", type=comma_list, default=[], metavar="STATUS,...",
@@ -43,12 +43,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--strict", action="store_true",
                         help="exit 1 when any run ends other than ok (a budget search's OOM probes excepted)")
     parser.set_defaults(handler=handle)
-
-
-def _directory(path: Path, flag: str) -> Path:
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{flag} {str(path)!r} is a file; give a directory (it is created when missing)")
-    return path
 
 
 def header(suite: Suite, runs: list[PlannedRun], changed: bool) -> str:
@@ -88,11 +82,9 @@ def handle(args: argparse.Namespace) -> int:
     unknown = [s for s in args.retry if s not in STATUSES]
     if unknown:
         raise ValueError(f"--retry: unknown status {unknown[0]!r}; the statuses are {', '.join(STATUSES)}")
-    out = _directory(args.out, "--out") if args.out else None
-    report_dir = _directory(args.report_dir, "--report-dir") if args.report_dir else None
     suite = load_suite(args.suite, args.overrides, methods=args.methods, device=args.device)
-    out = out or Path("results") / suite.name
-    report_dir = report_dir or (out / "report" if args.out else default_report_dir(suite.name))
+    out = args.out or Path("results") / suite.name
+    report_dir = args.report_dir or (out / "report" if args.out else default_report_dir(suite.name))
     console = Console()
     sweep = Sweep(suite, out, retry=tuple(args.retry), console=console)
     changed = bool(args.overrides or args.methods or args.device)
