@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from revbench.records import RunRecord, latest, read_records
+from revbench.records import RunRecord, latest, read_records, run_config_problem
 
 if TYPE_CHECKING:  # pandas is imported where a table is built, not by `revbench --help`
     import pandas as pd
@@ -150,7 +150,7 @@ def metric_value(record: RunRecord, name: str) -> float | None:
 
 def load(path: str | Path) -> list[RunRecord]:
     """The last record of each run id (a retried run is appended again)."""
-    records = latest(read_records(path))
+    records = latest(read_records(path, run_config_problem))
     if not records:
         raise ValueError(f"{str(path)!r} holds no run records")
     return records

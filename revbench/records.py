@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,7 +119,12 @@ def record_problem(data: Any) -> str | None:
         return f"unknown status {data['status']!r}"
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in data["losses"]):
         return "losses holds a value that is not a number"
-    config = data["config"]
+    return None
+
+
+def run_config_problem(config: dict[str, Any]) -> str | None:
+    """Why a record's config is not that of a benchmark run (`revbench run`), whose tables read these keys;
+    None when it is one. Other drivers' records (the quality study's) have configs of their own."""
     if not isinstance(config.get("device"), str):
         return "config has no device"
     for section, keys in _CONFIG.items():
@@ -128,10 +133,11 @@ def record_problem(data: Any) -> str | None:
     return None
 
 
-def read_records(path: str | Path) -> Iterator[RunRecord]:
+def read_records(path: str | Path, config_problem: Callable[[dict[str, Any]], str | None] | None = None
+                 ) -> Iterator[RunRecord]:
     """Records of a results file (or a directory holding one). A line that is not a record (torn by a killed
-    writer, edited, from another schema) is skipped with a warning naming its line and why; never raises
-    for a file's content."""
+    writer, edited, from another schema), or whose config `config_problem` finds wrong, is skipped with a
+    warning naming its line and why; never raises for a file's content."""
     path = Path(path)
     if path.is_dir():
         path = path / RESULTS_FILE
@@ -149,6 +155,8 @@ def read_records(path: str | Path) -> Iterator[RunRecord]:
                 warnings.warn(f"{path}:{number}: skipped a line that is not JSON ({exc})", stacklevel=2)
                 continue
             problem = record_problem(data)
+            if problem is None and config_problem is not None:
+                problem = config_problem(data["config"])
             if problem:
                 warnings.warn(f"{path}:{number}: skipped a record: {problem}", stacklevel=2)
                 continue

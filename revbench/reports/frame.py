@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from revbench.records import RunRecord, latest, read_records
+from revbench.records import RunRecord, latest, read_records, run_config_problem
 
 # The harness's figures that tables and plots use, by their names in `metrics`.
 TENSOR = "memory.tensor_bytes.total"
@@ -44,7 +44,7 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def load_records(results_dir: str | Path) -> list[RunRecord]:
-    records = latest(list(read_records(results_dir)))
+    records = latest(list(read_records(results_dir, run_config_problem)))
     if not records:
         raise ValueError(f"{str(results_dir)!r} holds no run records")
     return records
