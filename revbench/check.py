@@ -59,16 +59,17 @@ def parse_tolerances(items: Iterable[str]) -> Tolerances:
     """`[method:]metric=pct` overrides. A metric by its full name or any dotted part of it (`tensor_bytes`,
     `cuda_allocator`, `tokens_per_s`); a method prefix limits it to that method's runs; `pct` may be `off`
     to report a metric without gating it."""
-    from revbench.methods import METHODS
-
     out: Tolerances = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--tolerance {item!r}: write [method:]metric=percent, e.g. tokens_per_s=10")
         method, _, metric = key.strip().rpartition(":")
-        if method and method not in METHODS:
-            raise ValueError(f"--tolerance {item!r}: no method {method!r}; the methods are {', '.join(METHODS)}")
+        if method:
+            from revbench.methods import METHODS  # torch comes with it: only when a method is named
+
+            if method not in METHODS:
+                raise ValueError(f"--tolerance {item!r}: no method {method!r}; the methods are {', '.join(METHODS)}")
         matched = [m.name for m in METRICS if _matches(metric, m.name)]
         if not matched:
             raise ValueError(f"--tolerance {item!r}: no metric {metric!r}; the metrics are "
