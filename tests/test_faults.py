@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from revbench.cli import main
-from revbench.orchestrator.lock import LOCK_FILE, TMP_DIR
+from revbench.orchestrator.lock import LOCK_FILE, TMP_DIR, LockedError, SweepLock
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ("name: faults\nmodel: {preset: tiny-qwen2-moe, layers: 1}\nworkload: {batch: 1, seq: 16}\ndevice: cpu\n"
@@ -101,7 +101,7 @@ def test_parent_faults_a_second_sweep_a_torn_line_and_resume(tmp_path: Path, sui
     assert "interrupted: the finished runs are in" in first.stdout.read()
     for worker in busy:
         worker.wait(timeout=30)  # the parent took its worker down with it
-    assert lock.read_text() == "" and not (out / TMP_DIR).exists()  # released cleanly
+    assert not lock.exists() and not (out / TMP_DIR).exists()  # released cleanly
     before = complete_lines(results)
     assert 1 <= len(before) < 3
 
@@ -128,7 +128,7 @@ def test_parent_faults_a_second_sweep_a_torn_line_and_resume(tmp_path: Path, sui
     assert "scratch folder(s) that a killed sweep left" in captured.out
     assert f"results.jsonl:{len(before) + 1}: skipped a line that is not JSON" in captured.err
     assert_kept(before, results, runs=3)
-    assert lock.read_text() == "" and not (out / TMP_DIR).exists()
+    assert not lock.exists() and not (out / TMP_DIR).exists()
 
 
 def test_worker_faults_exit_codes_and_retry(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -164,3 +164,19 @@ def test_worker_faults_exit_codes_and_retry(tmp_path: Path, capsys: pytest.Captu
     # --retry error runs them again; --strict passes once every run is ok.
     assert main(["run", str(suite), "--out", str(out), "--no-report", "--retry", "error", "--strict"]) == 0
     assert_kept(before, results, runs=2)
+
+
+def test_the_lock_refuses_a_second_holder_and_takes_over_a_stale_one(tmp_path: Path) -> None:
+    first = SweepLock(tmp_path).acquire()
+    (first.tmp_dir / "run-1").mkdir(parents=True)
+    with pytest.raises(LockedError, match=rf"in use by another revbench sweep \(pid {os.getpid()} on"):
+        SweepLock(tmp_path).acquire()
+    first.release()
+    assert not (tmp_path / LOCK_FILE).exists() and not first.tmp_dir.exists()
+    with SweepLock(tmp_path) as second:
+        assert second.stale is None and second.cleaned == 0
+    (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": 4242, "host": "h", "command": "c", "started": "s"}))
+    (tmp_path / TMP_DIR / "left-behind").mkdir(parents=True)
+    with SweepLock(tmp_path) as third:
+        assert third.stale == {"pid": 4242, "host": "h", "command": "c", "started": "s"} and third.cleaned == 1
+        assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()

@@ -1,7 +1,8 @@
 """One sweep per results directory: an exclusive lock on `<out>/.revbench.lock`, held while the sweep runs.
 
 The lock is an `flock` on an open file, so the kernel releases it when its process ends however it ends
-(SIGKILL included): a lock file whose lock nobody holds is stale, and the next sweep takes it over. The file
+(SIGKILL included). A sweep that ends removes the file; one that was killed leaves it, unlocked: the next
+sweep sees it is stale and takes it over. The file
 names its holder (pid, host, command, start time) so a refused sweep can say who holds it. Workers do not
 inherit the descriptor (close_fds), so a stray worker cannot keep a dead sweep's lock.
 """
@@ -34,6 +35,13 @@ def _holder(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
+
+
 def describe(holder: dict[str, Any]) -> str:
     if not holder:
         return "a process that left no details"
@@ -58,14 +66,18 @@ class SweepLock:
 
     def acquire(self) -> SweepLock:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            holder = describe(_holder(self.path))
-            raise LockedError(f"{str(self.out_dir)!r} is in use by another revbench sweep ({holder}); wait for it "
-                              "to finish, stop it, or give another --out") from None
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                holder = describe(_holder(self.path))
+                raise LockedError(f"{str(self.out_dir)!r} is in use by another revbench sweep ({holder}); wait for "
+                                  "it to finish, stop it, or give another --out") from None
+            if _same_file(fd, self.path):
+                break
+            os.close(fd)  # a finishing sweep removed the file we locked: lock the one now at the path
         previous = _holder(self.path)
         self.stale = previous or None
         os.ftruncate(fd, 0)
@@ -81,7 +93,7 @@ class SweepLock:
         if self.fd is None:
             return
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
-        os.ftruncate(self.fd, 0)  # an empty lock file: released cleanly, nothing stale
+        os.unlink(self.path)  # still locked: a released directory has no lock file, a killed sweep's stays
         os.close(self.fd)
         self.fd = None
 
