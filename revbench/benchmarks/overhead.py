@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
@@ -37,6 +39,34 @@ def samplers(device: Any, interval_s: float) -> ExitStack:
     stack.enter_context(HostMemory(interval_s))
     stack.enter_context(NvmlMemory(device, interval_s))
     return stack
+
+
+def sample_readers(device: str) -> list[tuple[str, Callable[[], object]]]:
+    """What each sampler reads per sample, to time one sample alone."""
+    import psutil
+
+    from revbench.measure.host import tree_rss_bytes
+
+    readers: list[tuple[str, Callable[[], object]]] = [
+        ("host RSS of the process tree", tree_rss_bytes),
+        ("psutil listing the tree (part of the above)", lambda: psutil.Process().children(recursive=True)),
+    ]
+    if device.startswith("cuda"):
+        import pynvml
+        import torch
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(torch.device(device).index or 0)
+        readers.append(("NVML device used", lambda: pynvml.nvmlDeviceGetMemoryInfo(handle).used))
+        readers.append(("NVML per-process used", lambda: pynvml.nvmlDeviceGetComputeRunningProcesses(handle)))
+    return readers
+
+
+def sample_cost(read: Callable[[], object], repeats: int = 200) -> float:
+    start = time.perf_counter()
+    for _ in range(repeats):
+        read()
+    return (time.perf_counter() - start) / repeats
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -86,6 +116,8 @@ def handle(args: argparse.Namespace) -> int:
         ordered = sorted(seconds)
         print(f"  {name:<13} median {statistics.median(ordered) * 1000:8.2f} ms  "
               f"p10 {ordered[len(ordered) // 10] * 1000:8.2f} ms  p90 {ordered[len(ordered) * 9 // 10] * 1000:8.2f} ms")
+    for name, read in sample_readers(device):
+        print(f"  one sample, {name}: {sample_cost(read) * 1000:.3f} ms")
     overhead = (median_on / median_off - 1) * 100
     print(f"ratio on/off {median_on / median_off:.4f}: overhead {overhead:+.2f} % (goal < 2 %)")
     return 0
