@@ -84,6 +84,7 @@ def suite(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_parent_faults_a_second_sweep_a_torn_line_and_resume(tmp_path: Path, suite: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "results"
@@ -131,6 +132,7 @@ def test_parent_faults_a_second_sweep_a_torn_line_and_resume(tmp_path: Path, sui
     assert not lock.exists() and not (out / TMP_DIR).exists()
 
 
+@pytest.mark.slow
 def test_worker_faults_exit_codes_and_retry(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     suite = tmp_path / "faults.yaml"
     suite.write_text(TINY + "repeats: 2\n")

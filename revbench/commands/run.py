@@ -51,7 +51,7 @@ def header(suite: Suite, runs: list[PlannedRun], changed: bool) -> str:
         keys = ", ".join(s.key for s in suite.search)
         about = f"budget search of {keys} for {', '.join(suite.methods)}"
     else:
-        points = sorted({run.label.split(" · ", 1)[1].rsplit(" · r", 1)[0] for run in runs})
+        points = list(dict.fromkeys(run.point for run in runs))
         methods = list(dict.fromkeys(run.method for run in runs))
         about = (f"{len(runs)} run(s): {', '.join(methods)} on {'; '.join(points[:4])}"
                  + (f" and {len(points) - 4} more points" if len(points) > 4 else ""))

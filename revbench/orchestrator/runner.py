@@ -19,6 +19,7 @@ from revbench.orchestrator.progress import SweepProgress
 from revbench.orchestrator.search import largest_fitting
 from revbench.orchestrator.suite import Search, Suite
 from revbench.records import RESULTS_FILE, RunRecord, append_record, read_records
+from revbench.units import format_bytes
 
 
 def latest_records(out_dir: Path) -> dict[str, RunRecord]:
@@ -109,7 +110,7 @@ class Sweep:
             return {"ok": True, "oom": False}.get(record.status)
 
         found = largest_fitting(search, fits)
-        budget = f"{point.memory_budget / 2**20:,.0f} MiB" if point.memory_budget else "no memory budget"
+        budget = format_bytes(point.memory_budget) if point.memory_budget else "no memory budget"
         text = f"{method}: largest {search.key} that fits under {budget}: {found.largest_fit}"
         if found.first_oom is not None:
             text += f" (first OOM at {found.first_oom})"
