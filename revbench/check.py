@@ -18,11 +18,12 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+from revbench.records import RunRecord, latest, read_records, run_config_problem
 
-from revbench.records import RunRecord, read_records
+if TYPE_CHECKING:  # pandas is imported where a table is built, not by `revbench --help`
+    import pandas as pd
 
 LOWER, HIGHER, EITHER = "lower", "higher", "either"  # which direction is better
 REPORT_ONLY = "report only"
@@ -58,16 +59,17 @@ def parse_tolerances(items: Iterable[str]) -> Tolerances:
     """`[method:]metric=pct` overrides. A metric by its full name or any dotted part of it (`tensor_bytes`,
     `cuda_allocator`, `tokens_per_s`); a method prefix limits it to that method's runs; `pct` may be `off`
     to report a metric without gating it."""
-    from revbench.methods import METHODS
-
     out: Tolerances = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--tolerance {item!r}: write [method:]metric=percent, e.g. tokens_per_s=10")
         method, _, metric = key.strip().rpartition(":")
-        if method and method not in METHODS:
-            raise ValueError(f"--tolerance {item!r}: no method {method!r}; the methods are {', '.join(METHODS)}")
+        if method:
+            from revbench.methods import METHODS  # torch comes with it: only when a method is named
+
+            if method not in METHODS:
+                raise ValueError(f"--tolerance {item!r}: no method {method!r}; the methods are {', '.join(METHODS)}")
         matched = [m.name for m in METRICS if _matches(metric, m.name)]
         if not matched:
             raise ValueError(f"--tolerance {item!r}: no metric {metric!r}; the metrics are "
@@ -149,13 +151,10 @@ def metric_value(record: RunRecord, name: str) -> float | None:
 
 def load(path: str | Path) -> list[RunRecord]:
     """The last record of each run id (a retried run is appended again)."""
-    by_id: dict[str, RunRecord] = {}
-    for record in read_records(path):
-        by_id.pop(record.run_id, None)
-        by_id[record.run_id] = record
-    if not by_id:
+    records = latest(read_records(path, run_config_problem))
+    if not records:
         raise ValueError(f"{str(path)!r} holds no run records")
-    return list(by_id.values())
+    return records
 
 
 @dataclass
@@ -174,6 +173,8 @@ class CheckResult:
 
     def table(self) -> pd.DataFrame:
         """Runs and gated figures that changed, failures first."""
+        import pandas as pd
+
         columns = ["run", "metric", "reference", "current", "change", "tolerance", "verdict"]
         order = {v: i for i, v in enumerate((*FAILING, "improved", "moved", "new run", "figure lost", "new figure"))}
         rows = sorted((r for r in self.rows if r["tolerance"] != REPORT_ONLY),
@@ -182,11 +183,22 @@ class CheckResult:
 
     def reported(self) -> pd.DataFrame:
         """The ungated figures' changes in percent, one row per run."""
+        import pandas as pd
+
         rows = [r for r in self.rows if r["tolerance"] == REPORT_ONLY and "pct" in r]
         if not rows:
             return pd.DataFrame()
         table = pd.DataFrame(rows).pivot(index="run", columns="metric", values="pct")
-        return table.apply(lambda column: column.map(lambda v: "" if pd.isna(v) else f"{v:+.3g} %"))
+        return table.apply(lambda column: column.map(lambda v: "" if pd.isna(v) else percent(v)))
+
+
+def percent(pct: float) -> str:
+    """A signed change in percent that reads at a glance: +0.4 %, -12.0 %, +3,512.3 % (never 3.51e+03)."""
+    return "new" if math.isinf(pct) else f"{pct:+,.1f} %"
+
+
+class MixedDevicesError(ValueError):
+    """Records from different device kinds, which are never compared."""
 
 
 FAILING = ("REGRESSION", "MISSING RUN", "STATUS CHANGED", "SETUP CHANGED", "FIGURE LOST")
@@ -212,7 +224,7 @@ def _compare(metric: Metric, ref: float | None, cur: float | None, tolerance: fl
         return None
     pct = (cur - ref) / abs(ref) * 100 if ref else math.inf
     delta = f"{cur - ref:+,.0f} B" if metric.is_bytes else f"{cur - ref:+,.4g}"
-    row["change"], row["pct"] = f"{delta} ({pct:+.3g} %)", pct
+    row["change"], row["pct"] = f"{delta} ({percent(pct)})", pct
     worse = {LOWER: pct > 0, HIGHER: pct < 0, EITHER: True}[metric.better]
     beyond = tolerance is not None and abs(pct) > tolerance
     row["verdict"] = ("REGRESSION" if worse else "improved") if beyond else "moved"
@@ -221,12 +233,12 @@ def _compare(metric: Metric, ref: float | None, cur: float | None, tolerance: fl
 
 def check(current: list[RunRecord], reference: list[RunRecord],
           tolerances: Tolerances | None = None) -> CheckResult:
-    """Compare `current` against `reference`. Raises ValueError when their device kinds differ."""
+    """Compare `current` against `reference`. Raises MixedDevicesError when their device kinds differ."""
     tolerances = tolerances or {}
     kinds_cur = sorted({device_kind(r) for r in current})
     kinds_ref = sorted({device_kind(r) for r in reference})
     if kinds_cur != kinds_ref:
-        raise ValueError(f"refusing to compare records of different device kinds: the current records ran on "
+        raise MixedDevicesError(f"refusing to compare records of different device kinds: the current records ran on "
                          f"{', '.join(kinds_cur)}, the reference on {', '.join(kinds_ref)}; compare against a "
                          "reference recorded on the same kind of device")
     result = CheckResult()

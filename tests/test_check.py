@@ -1,9 +1,11 @@
 import copy
+import json
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
-from revbench.check import check, device_kind, parse_tolerances
+from revbench.check import check, device_kind, parse_tolerances, percent
 from revbench.cli import main
 from revbench.data import Workload
 from revbench.env import environment_stamp
@@ -78,6 +80,25 @@ def test_growing_bytes_fail_naming_the_metric(runs, tmp_path, capsys) -> None:
     assert check([runs["reference"]], [grown]).passed
 
 
+def test_json_and_junit_say_the_same_verdict(runs, tmp_path, capsys) -> None:
+    grown = same_run_as(runs["bigger"], runs["reference"])
+    current, reference = write(tmp_path / "cur", grown), write(tmp_path / "ref", runs["reference"])
+    junit = tmp_path / "check.xml"
+    assert main(["check", current, "--against", reference, "--json", "--junit", str(junit)]) == 1
+    verdict = json.loads(capsys.readouterr().out)
+    assert not verdict["passed"] and verdict["exit_code"] == 1 and verdict["compared"] == 1
+    failing = {row["metric"] for row in verdict["rows"] if row["verdict"] == "REGRESSION"}
+    assert "memory.tensor_bytes.total" in failing
+    suite = ElementTree.parse(junit).getroot()
+    assert suite.tag == "testsuite" and suite.get("tests") == "1" and suite.get("failures") == "1"
+    failures = suite.findall("testcase/failure")
+    assert {f.get("type") for f in failures} == {"REGRESSION"} and len(failures) == len(failing)
+
+
+def test_unchanged_throughput_reads_as_a_small_signed_percentage() -> None:
+    assert percent(0.4321) == "+0.4 %" and percent(-12.04) == "-12.0 %" and percent(3512.3) == "+3,512.3 %"
+
+
 def test_a_tolerance_lets_a_small_growth_pass(runs) -> None:
     grown = same_run_as(runs["bigger"], runs["reference"])
     ref, cur = (r.metrics["memory"]["tensor_bytes"]["activations"] for r in (runs["reference"], grown))
@@ -110,7 +131,7 @@ def test_mixed_environments_are_refused(runs, tmp_path, capsys) -> None:
     with pytest.raises(ValueError, match=r"refusing to compare.*cpu.*cuda:NVIDIA H200"):
         check([runs["reference"]], [on_gpu])
     code = main(["check", write(tmp_path / "cur", runs["reference"]), "--against", write(tmp_path / "ref", on_gpu)])
-    assert code == 2 and "refusing to compare" in capsys.readouterr().err
+    assert code == 3 and "refusing to compare" in capsys.readouterr().err
 
 
 def test_tolerance_errors_name_the_problem() -> None:

@@ -130,10 +130,29 @@ def test_report_of_a_sweep_draws_every_plot_and_table(tmp_path: Path) -> None:
         assert f"]({name}.png)" in text
         pixels = image.imread(png)
         assert pixels.shape[0] >= 400 and pixels.std() > 0
-    for name in ("results", "memory", "failures", "budget", "paper", "runs"):
+    for name in ("results", "memory", "budget", "paper", "runs"):
         assert (index.parent / f"{name}.csv").is_file()
-    assert "## What fits the memory budget" in text and "## Runs that did not finish" in text
-    assert "not drawn" not in text
+    assert "## What fits the memory budget" in text and "not drawn" not in text
+    # the search's OOM probe is its answer, shown as a step of the search, not as a run that failed
+    assert "## Runs that did not finish" not in text and not (index.parent / "failures.csv").exists()
+    budget = pd.read_csv(index.parent / "budget.csv").set_index("method")
+    assert budget.loc["standard", "search path"] == "1 fits → 2 fits → 4 OOM → 3 fits"
+
+
+def test_a_rerender_removes_only_its_own_stale_files(tmp_path: Path) -> None:
+    results = write_results(tmp_path / "results", sweep_records())
+    report = tmp_path / "report"
+    render.render_report(results, report)
+    (report / "notes.txt").write_text("mine")  # not revbench's: kept
+    failed = make_record("standard", batch=2, status="error", budget="64MiB", search_key="workload.batch")
+    write_results(tmp_path / "results", [failed])  # its failures table appears
+    render.render_report(results, report)
+    assert (report / "failures.csv").is_file()
+    only = write_results(tmp_path / "other", [make_record("standard")])
+    render.render_report(only, report)  # one run: no sweep, budget or failures any more
+    for stale in ("failures.csv", "budget.csv", "largest_fit.png", "memory_vs_layers.png"):
+        assert not (report / stale).exists(), stale
+    assert (report / "notes.txt").read_text() == "mine" and (report / "report.md").is_file()
 
 
 def test_a_section_is_added_by_one_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -84,7 +84,7 @@ def test_config_is_fully_resolved_and_round_trips_to_a_train_spec() -> None:
         ("options: {sgd: {a: 1}}\n", "options.sgd: names no method or technique of this suite"),
         ("steps: 0\n", "steps: must be >= 1"),
         ("device: gpu\n", "device: expected auto, cpu, cuda or cuda:N"),
-        ("memory_budget: lots\n", "memory_budget: expected bytes"),
+        ("memory_budget: lots\n", "memory_budget: cannot read 'lots' as a size"),
         ("optimizer: {betas: [0.9]}\n", "optimizer.betas: expected a list of 2 values"),
         ("sweeps: [{model.layerz: [1, 2]}]\n", "sweeps[0].model.layerz: unknown field"),
         ("sweeps: [{methods: [[standard]]}]\n", "sweeps[0].methods: methods cannot be swept"),

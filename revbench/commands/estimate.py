@@ -6,14 +6,17 @@ import argparse
 import json
 import sys
 import time
+from typing import TYPE_CHECKING
 
-import pandas as pd
+from revbench.commands.args import at_least_two, positive, size
+from revbench.units import format_bytes
 
-from revbench.data import Workload
-from revbench.estimate import AXES, TARGETS, Estimate, Fit, estimate_method, fit_method, format_bytes, parse_bytes
-from revbench.methods import METHODS, TrainSpec
-from revbench.models import PRESETS, ModelSpec
-from revbench.models.zoo import parse_dtype
+if TYPE_CHECKING:  # torch, transformers and pandas are imported by the handler, not by `revbench --help`
+    import pandas as pd
+
+    from revbench.estimate import Estimate, Fit
+
+TARGETS, AXES = ("cuda", "cpu"), ("batch", "seq")  # as revbench.estimate names them
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,16 +25,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Runs each method's real training step on fake tensors (no memory is allocated) and reports "
         "the peak tensor bytes of the measured (second) step by category. Kernel workspaces, the CUDA context "
         "and allocator fragmentation are not tensors: leave headroom under the GPU's capacity.")
-    parser.add_argument("--model", required=True, help=f"model preset: {', '.join(PRESETS)}")
-    parser.add_argument("--method", default="all",
-                        help=f"comma-separated methods, or all (default): {', '.join(METHODS)}")
-    parser.add_argument("--batch", type=int, default=Workload.batch)
-    parser.add_argument("--seq", type=int, default=Workload.seq)
-    parser.add_argument("--layers", type=int, default=None, help="override the preset's number of layers")
+    parser.add_argument("--model", required=True, help="model preset, e.g. qwen1.5-moe-a2.7b or tiny-qwen2-moe")
+    parser.add_argument("--method", default="all", help="comma-separated methods, or all (default)")
+    parser.add_argument("--batch", type=positive, default=2)
+    parser.add_argument("--seq", type=at_least_two, default=128)
+    parser.add_argument("--layers", type=positive, default=None, help="override the preset's number of layers")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 for cuda, fp32 for cpu), bf16, fp32, ...")
     parser.add_argument("--device", choices=TARGETS, default="cuda",
                         help="the device kind whose code path is estimated (default cuda)")
-    parser.add_argument("--budget", type=parse_bytes, default=None, metavar="SIZE",
+    parser.add_argument("--budget", type=size, default=None, metavar="SIZE",
                         help="memory budget, e.g. 80GiB or 141GB: says which methods fit")
     parser.add_argument("--fit", nargs="?", const="batch", choices=AXES, default=None,
                         help="find per method the largest batch (default) or seq under --budget")
@@ -40,6 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _methods(text: str) -> list[str]:
+    from revbench.methods import METHODS
+
     names = list(METHODS) if text == "all" else [m.strip() for m in text.split(",") if m.strip()]
     unknown = [m for m in names if m not in METHODS]
     if unknown:
@@ -52,6 +56,8 @@ def _progress(message: str) -> None:
 
 
 def estimate_table(estimates: list[Estimate], budget: int | None) -> pd.DataFrame:
+    import pandas as pd
+
     rows = []
     for e in estimates:
         tb = e.tensor_bytes
@@ -67,6 +73,8 @@ def estimate_table(estimates: list[Estimate], budget: int | None) -> pd.DataFram
 
 
 def fit_table(fits: list[Fit]) -> pd.DataFrame:
+    import pandas as pd
+
     rows = []
     for f in fits:
         over = min((n for n in f.probes if f.largest is None or n > f.largest), default=None)
@@ -78,11 +86,23 @@ def fit_table(fits: list[Fit]) -> pd.DataFrame:
 
 
 def handle(args: argparse.Namespace) -> int:
+    from revbench.data import Workload
+    from revbench.estimate import Estimate, estimate_method, fit_method
+    from revbench.methods import TrainSpec
+    from revbench.models import ModelSpec
+    from revbench.models.validate import ShapeError, validate_model
+    from revbench.models.zoo import parse_dtype
+
     names = _methods(args.method)
     if args.fit and args.budget is None:
         raise ValueError("--fit needs --budget, e.g. --budget 80GiB")
-    spec = TrainSpec(model=ModelSpec(args.model, layers=args.layers, dtype=args.dtype),
-                     workload=Workload(batch=args.batch, seq=args.seq, data="synthetic"))
+    model = ModelSpec(args.model, layers=args.layers, dtype=args.dtype)
+    try:
+        validate_model(model)
+    except ShapeError as exc:
+        flag = {"layers": "--layers", "dtype": "--dtype", "preset": "--model"}.get(exc.path, f"--model ({exc.path})")
+        raise ValueError(f"{flag}: {exc.message}") from None
+    spec = TrainSpec(model=model, workload=Workload(batch=args.batch, seq=args.seq, data="synthetic"))
     context = {"model": args.model, "layers": args.layers, "dtype": args.dtype, "device": args.device,
                "batch": args.batch, "seq": args.seq}
     start = time.perf_counter()

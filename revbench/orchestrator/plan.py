@@ -22,6 +22,7 @@ from revbench.models import ModelSpec, build_config, num_experts, parse_dtype
 from revbench.orchestrator.schema import FieldError, set_dotted
 from revbench.orchestrator.suite import Suite, SuiteError, parse_suite
 from revbench.records import run_id
+from revbench.units import format_bytes
 
 # Settings that change how long a run may take, not what it measures: a different value is the same run.
 _NOT_IDENTITY = ("timeout_s",)
@@ -39,12 +40,17 @@ class PlannedRun:
         return run_id(self.suite, self.method, identity, self.config["repeat"])
 
     @property
-    def label(self) -> str:
+    def point(self) -> str:
+        """What the run measures apart from the method and repeat: model, depth, batch × seq, budget."""
         model, workload = self.config["model"], self.config["workload"]
-        text = f"{self.method} · {model['preset']} L{model['layers']} · {workload['batch']}×{workload['seq']}"
+        text = f"{model['preset']} L{model['layers']} · {workload['batch']}×{workload['seq']}"
         if self.config["memory_budget_bytes"] is not None:
-            text += f" · budget {self.config['memory_budget_bytes'] / 2**20:,.0f} MiB"
-        return text + (f" · r{self.config['repeat']}" if self.config["repeat"] else "")
+            text += f" · budget {format_bytes(self.config['memory_budget_bytes'])}"
+        return text
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} · {self.point}" + (f" · r{self.config['repeat']}" if self.config["repeat"] else "")
 
 
 def resolve_device(device: str, gpus: int = 1) -> str:

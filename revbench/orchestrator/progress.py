@@ -16,7 +16,7 @@ from rich.progress import (
 from revbench.orchestrator.launch import OnProgress
 from revbench.orchestrator.plan import PlannedRun
 from revbench.records import RunRecord
-from revbench.reports.units import format_bytes
+from revbench.units import format_bytes
 
 _STYLE = {"ok": "green", "oom": "yellow", "diverged": "magenta", "timeout": "red", "error": "red"}
 

@@ -6,17 +6,20 @@ again (unless its status is listed in `retry`), so a sweep that was killed picks
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
 
 from revbench.env import environment_stamp
 from revbench.orchestrator.launch import execute
+from revbench.orchestrator.lock import SweepLock, describe
 from revbench.orchestrator.plan import PlannedRun, check_options, grid_points, grid_runs, plan_run, with_value
 from revbench.orchestrator.progress import SweepProgress
 from revbench.orchestrator.search import largest_fitting
 from revbench.orchestrator.suite import Search, Suite
 from revbench.records import RESULTS_FILE, RunRecord, append_record, read_records
+from revbench.units import format_bytes
 
 
 def latest_records(out_dir: Path) -> dict[str, RunRecord]:
@@ -38,9 +41,10 @@ class Sweep:
         self.points = grid_points(suite) if suite.search else []
         if self.points:
             plan_run(self.points[0], suite.methods[0])
-        self.records = latest_records(self.out_dir)
+        self.records: dict[str, RunRecord] = {}  # read under the lock, when the sweep starts
         self.env = environment_stamp()
         self.ran = 0  # runs started by this sweep; the others had a record already
+        self.reused = Counter[str]()  # recorded runs not re-run although they did not end ok, by status
 
     def pending(self, run: PlannedRun) -> bool:
         previous = self.records.get(run.run_id)
@@ -49,7 +53,10 @@ class Sweep:
     def obtain(self, run: PlannedRun, progress: SweepProgress) -> RunRecord:
         """The run's record: the one already there, or a new one from running it."""
         if not self.pending(run):
-            return self.records[run.run_id]
+            record = self.records[run.run_id]
+            if record.status != "ok" and not (record.status == "oom" and run.config["search_key"]):
+                self.reused[record.status] += 1  # a budget probe's OOM is its answer, not a failure
+            return record
         record = execute(run, self.out_dir, self.env, progress.start_run(run))
         append_record(self.out_dir, record)
         self.records[run.run_id] = record
@@ -58,14 +65,32 @@ class Sweep:
         return record
 
     def run(self) -> list[RunRecord]:
+        """Run the sweep under the directory's lock (LockedError when another sweep holds it)."""
+        with SweepLock(self.out_dir) as lock:
+            if lock.stale:
+                self.console.print(f"took over the lock of a sweep that ended without releasing it "
+                                   f"({describe(lock.stale)})", soft_wrap=True, highlight=False)
+            if lock.cleaned:
+                self.console.print(f"removed {lock.cleaned} scratch folder(s) that a killed sweep left in "
+                                   f"{lock.tmp_dir}", soft_wrap=True, highlight=False)
+            self.records = latest_records(self.out_dir)
+            return self._run()
+
+    def _run(self) -> list[RunRecord]:
         runs, points = self.runs, self.points
         out: list[RunRecord] = []
         with SweepProgress(self.suite.name, self.console) as progress:
             todo = sum(map(self.pending, runs))
             progress.add_runs(todo)
             if len(runs) > todo:
+                kept = Counter(self.records[r.run_id].status for r in runs if not self.pending(r))
+                unfinished = {s: n for s, n in kept.items() if s != "ok"}
+                note = ""
+                if unfinished:
+                    note = (f", of which {', '.join(f'{n} {s}' for s, n in unfinished.items())} are not re-run "
+                            f"(re-run them with --retry {','.join(unfinished)})")
                 progress.note(f"resuming: {len(runs) - todo} of {len(runs)} runs already have a record in "
-                              f"{self.out_dir / RESULTS_FILE}")
+                              f"{self.out_dir / RESULTS_FILE}{note}")
             out.extend(self.obtain(run, progress) for run in runs)
             for point in points:
                 for search in self.suite.search:
@@ -85,7 +110,7 @@ class Sweep:
             return {"ok": True, "oom": False}.get(record.status)
 
         found = largest_fitting(search, fits)
-        budget = f"{point.memory_budget / 2**20:,.0f} MiB" if point.memory_budget else "no memory budget"
+        budget = format_bytes(point.memory_budget) if point.memory_budget else "no memory budget"
         text = f"{method}: largest {search.key} that fits under {budget}: {found.largest_fit}"
         if found.first_oom is not None:
             text += f" (first OOM at {found.first_oom})"

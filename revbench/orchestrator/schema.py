@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 import types
 import typing
 from typing import Any
 
 import yaml
+
+from revbench import units
 
 
 class FieldError(ValueError):
@@ -158,23 +159,13 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     try:
         return key, yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise FieldError(key, f"value {raw!r} is not valid YAML: {exc}") from None
-
-
-_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([KMGT]?i?B)?\s*$", re.IGNORECASE)
-_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise FieldError(key, f"value {raw!r} is not valid YAML: {problem}") from None
 
 
 def parse_bytes(value: int | str, path: str) -> int:
-    """A byte count: an integer, or a string with a unit such as `64MiB`, `1.5GiB`, `80GB`."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    else:
-        match = _SIZE.match(str(value))
-        if not match:
-            raise FieldError(path, f"expected bytes as an integer or with a unit (e.g. 64MiB, 40GiB), got {value!r}")
-        number = int(float(match.group(1)) * _UNITS[(match.group(2) or "B").lower()])
-    if number <= 0:
-        raise FieldError(path, f"must be positive, got {value!r}")
-    return number
+    """A byte count (see `revbench.units.parse_bytes`) as a field: errors name the field."""
+    try:
+        return units.parse_bytes(value)
+    except ValueError as exc:
+        raise FieldError(path, str(exc)) from None

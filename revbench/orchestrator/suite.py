@@ -20,6 +20,7 @@ from revbench.data import Workload
 from revbench.methods import AXES, METHODS, OptimizerSpec, UnknownMethodError, parse_method
 from revbench.models import ModelSpec
 from revbench.orchestrator.schema import FieldError, build, hint_at, parse_assignment, parse_bytes, set_dotted
+from revbench.orchestrator.validate import check_model, check_name, check_optimizer, check_workload
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
 DEFAULT_SUITE = "smoke"
@@ -82,6 +83,7 @@ class Suite:
     search: list[Search] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        check_name(self.name)
         if not self.methods:
             raise FieldError("methods", "must list at least one method")
         for i, method in enumerate(self.methods):
@@ -114,6 +116,9 @@ class Suite:
                 raise FieldError("device", f"expected auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.memory_budget is not None:
             self.memory_budget = parse_bytes(self.memory_budget, "memory_budget")
+        check_model(self.model)
+        check_workload(self.workload, self.model)
+        check_optimizer(self.optimizer)
         for i, grid in enumerate(self.sweeps):
             for key, values in grid.items():
                 path = f"sweeps[{i}].{key}"
@@ -148,15 +153,26 @@ def suite_path(ref: str) -> Path:
     return shipped
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error on one line: what is wrong and where (line and column, counted from 1)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
 def read_suite_file(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError:
+        raise SuiteError(f"suite file {str(path)!r} is not text (UTF-8 YAML)") from None
     except yaml.YAMLError as exc:
-        raise SuiteError(f"suite file {str(path)!r} is not valid YAML: {exc}") from None
+        raise SuiteError(f"suite file {str(path)!r} is not valid YAML: {yaml_problem(exc)}") from None
     if data is None:
-        data = {}
+        raise SuiteError(f"suite file {str(path)!r} is empty; it must hold a mapping of suite fields (name, model, "
+                         f"workload, methods, ...), e.g. {str(SUITES_DIR / 'smoke.yaml')!r}")
     if not isinstance(data, dict):
-        raise SuiteError(f"suite file {str(path)!r} must hold a mapping of suite fields, got {type(data).__name__}")
+        raise SuiteError(f"suite file {str(path)!r} must hold a mapping of suite fields (name, model, workload, "
+                         f"methods, ...), got a {type(data).__name__}")
     data.setdefault("name", path.stem)
     return data
 
@@ -194,7 +210,8 @@ def load_suite(ref: str | None = None, overrides: list[str] | None = None, metho
     try:
         data = apply_overrides(raw, assignments)
     except FieldError as exc:
-        raise SuiteError(f"suite {path.stem!r}: --set {exc}") from None
+        where = "--set " if exc.path else ""  # a message without a field names --set itself
+        raise SuiteError(f"suite {path.stem!r}: {where}{exc}") from None
     if methods is not None:
         data["methods"] = methods
     if device is not None:

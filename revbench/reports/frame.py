@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from revbench.records import RunRecord, latest, read_records
+from revbench.records import RunRecord, latest, read_records, run_config_problem
 
 # The harness's figures that tables and plots use, by their names in `metrics`.
 TENSOR = "memory.tensor_bytes.total"  # device + host-resident: what the step holds anywhere
@@ -26,8 +26,10 @@ HOST_RSS = "memory.host.peak_rss_bytes"
 STEP_TIME = "step_time_s.median"
 SAMPLES = "samples_per_s"
 TOKENS = "tokens_per_s"
+# Throughput at the slow (p90) and fast (p10) step times: the spread of the timed steps, for error bars.
+TOKENS_P10, TOKENS_P90 = "tokens_per_s.p10", "tokens_per_s.p90"
 METRICS = (TENSOR, DEVICE, HOST_STATES, *CATEGORY_COLUMNS, *HOST_COLUMNS.values(), ALLOCATED, RESERVED, NVML_USED,
-           HOST_RSS, STEP_TIME, SAMPLES, TOKENS)
+           HOST_RSS, STEP_TIME, SAMPLES, TOKENS, TOKENS_P10, TOKENS_P90)
 # What makes two runs the same measurement point, apart from the method and the repeat.
 POINT = ("preset", "layers", "hidden", "experts", "top_k", "dtype", "device", "gpus", "batch", "seq", "data",
          "steps", "warmup", "memory_budget_bytes")
@@ -46,7 +48,7 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def load_records(results_dir: str | Path) -> list[RunRecord]:
-    records = latest(list(read_records(results_dir)))
+    records = latest(list(read_records(results_dir, run_config_problem)))
     if not records:
         raise ValueError(f"{str(results_dir)!r} holds no run records")
     return records
@@ -87,6 +89,9 @@ def record_row(record: RunRecord) -> dict[str, Any]:
         "losses": losses,
     }
     row.update(flatten(record.metrics))
+    for column, step_time in ((TOKENS_P10, "step_time_s.p90"), (TOKENS_P90, "step_time_s.p10")):
+        seconds = row.get(step_time)
+        row[column] = row["tokens_per_step"] / seconds if isinstance(seconds, (int, float)) and seconds > 0 else None
     return row
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 
 from revbench.reports.frame import ALLOCATED, SAMPLES, TENSOR
 from revbench.reports.tables import readable
-from revbench.reports.units import UNITS
+from revbench.units import BINARY
 
 REFERENCE_FILE = "paper_reference.json"
 QUALITY = {"gsm8k": "GSM8K", "mmlu": "MMLU", "mt_bench": "MT-Bench", "multilingual": "multilingual"}
@@ -92,7 +92,7 @@ def model_state_note(reference: PaperReference) -> str:
         f"**Model-state arithmetic.** {reference.model['name']} (preset `{reference.model['preset']}`) has "
         f"{count:,} parameters (counted on the model built on the meta device). Full AdamW fine-tuning in bf16 "
         f"keeps {', '.join(MODEL_STATES)}: {len(MODEL_STATES)} × {BYTES_PER_VALUE['bfloat16']} bytes = "
-        f"{per_param} bytes per parameter, {total / 1e9:,.1f} GB = {total / UNITS['GiB']:,.1f} GiB before a "
+        f"{per_param} bytes per parameter, {total / 1e9:,.1f} GB = {total / BINARY['GiB']:,.1f} GiB before a "
         "single activation.",
     ]
     if baseline and baseline.peak_vram_gb:

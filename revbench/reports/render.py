@@ -8,6 +8,7 @@ sections run in the order of `revbench.reports.sections.SECTIONS`; to add one, a
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from revbench.reports.plots import variant_colors
 from revbench.reports.tables import markdown, readable
 
 INDEX = "report.md"
+MANIFEST = ".revbench-report.json"  # the files the last report wrote, so a re-render removes its stale ones
 DPI = 120
 
 
@@ -85,6 +87,8 @@ def render_report(results_dir: str | Path, out_dir: str | Path | None = None,
         results_dir = results_dir.parent
     records = load_records(results_dir)
     out = Path(out_dir) if out_dir else default_report_dir(results_dir.resolve().name)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"report directory {str(out)!r} is a file; give a directory")
     out.mkdir(parents=True, exist_ok=True)
     frame = runs_frame(records)
     summary = summarize(frame)
@@ -93,4 +97,22 @@ def render_report(results_dir: str | Path, out_dir: str | Path | None = None,
     parts = [text for section in (sections if sections is not None else SECTIONS) if (text := section(ctx))]
     index = out / INDEX
     index.write_text("\n".join(parts))
+    remove_stale(out, [index, *ctx.files])
     return index
+
+
+def remove_stale(out: Path, written: list[Path]) -> list[Path]:
+    """Delete what the previous report in `out` wrote and this one did not (a plot of a method no longer in
+    the records); files revbench did not write are never touched. Returns the files removed."""
+    manifest = out / MANIFEST
+    try:
+        before = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        before = []
+    names = sorted({p.name for p in written})
+    stale = [out / name for name in before if isinstance(name, str) and name not in names
+             and Path(name).name == name and (out / name).is_file()]
+    for path in stale:
+        path.unlink()
+    manifest.write_text(json.dumps(names, indent=1) + "\n")
+    return stale

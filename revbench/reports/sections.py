@@ -65,8 +65,9 @@ def budget(ctx: ReportContext) -> str | None:
     if table.empty:
         return None
     text = ("## What fits the memory budget\n\nFound by real runs: doubling while the run fits, then bisecting "
-            f"between the last fit and the first OOM.\n\n{ctx.table(table, 'budget')}\n")
-    figure = plots.largest_fit(table, ctx.colors)
+            "between the last fit and the first OOM. Each probe is a run; an OOM probe is the search's answer, "
+            f"not a failure (the search path lists them in the order they ran).\n\n{ctx.table(table, 'budget')}\n")
+    figure = plots.largest_fit(table, ctx.frame, ctx.colors)
     return text + (ctx.figure(figure, "largest_fit", "largest value that fits per method") if figure else "")
 
 

@@ -23,7 +23,7 @@ from revbench.reports.frame import (
     TENSOR,
     TOKENS,
 )
-from revbench.reports.units import UNITS, unit_for
+from revbench.units import BINARY, unit_for
 
 
 def results_table(summary: pd.DataFrame) -> pd.DataFrame:
@@ -61,7 +61,9 @@ def memory_table(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def failures_table(frame: pd.DataFrame) -> pd.DataFrame:
-    failed = frame[frame["status"] != "ok"]
+    """Runs that did not finish; a budget probe that hit OOM is not one (it is how the search narrows down)."""
+    probe_oom = frame["search_key"].notna() & (frame["status"] == "oom")
+    failed = frame[(frame["status"] != "ok") & ~probe_oom]
     return pd.DataFrame({"run_id": failed["run_id"], "method": failed["variant"], "config": failed["point"],
                          "status": failed["status"], "error": failed["error"].fillna("")})
 
@@ -89,6 +91,8 @@ def budget_table(frame: pd.DataFrame) -> pd.DataFrame:
                 "largest fit": largest,
                 "first OOM": ooms.min() if not ooms.empty else None,
                 "probes": len(runs),
+                "search path": " → ".join(f"{r[searched]} {'fits' if r['status'] == 'ok' else r['status'].upper()}"
+                                          for _, r in runs.iterrows()),
                 "other failures": ", ".join(f"{r[searched]}: {r['status']}" for _, r in runs.iterrows()
                                             if r["status"] not in ("ok", "oom")) or "none",
             })
@@ -100,7 +104,7 @@ def readable(table: pd.DataFrame) -> pd.DataFrame:
     out = table.copy()
     for column in [c for c in out if c.endswith("bytes")]:
         unit = unit_for(out[column])
-        out[column] = [f"{v / UNITS[unit]:,.1f}" if pd.notna(v) else "n/a" for v in out[column]]
+        out[column] = [f"{v / BINARY[unit]:,.1f}" if pd.notna(v) else "n/a" for v in out[column]]
         out = out.rename(columns={column: column.replace("bytes", f"({unit})")})
     for column in out.select_dtypes("number"):
         out[column] = [_number(v) for v in out[column]]

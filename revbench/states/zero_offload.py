@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from revbench.measure.categories import HOST, StateTensors
+from revbench.records import project_relative
 from revbench.states.base import ModelStates
 from revbench.states.deepspeed_runtime import SingleProcessGroup, announce_compiles, import_deepspeed
 
@@ -191,7 +192,7 @@ class ZeroOffload(ModelStates):
 
     def stats(self) -> dict[str, Any]:
         return {"zero_stage": self.stage, "offload_optimizer": "cpu", "offload_param": "cpu" if self.offload_param
-                else "none", "config_file": str(self.config_path), "ds_config": self.config,
+                else "none", "config_file": project_relative(self.config_path), "ds_config": self.config,
                 "init_seconds": self.init_seconds}
 
     def teardown(self) -> None:

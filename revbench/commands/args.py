@@ -1,0 +1,49 @@
+"""Argument types shared by the commands, whose errors keep the parser's own message."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from revbench.units import parse_bytes
+
+
+def size(text: str) -> int:
+    """A byte size flag (`--budget 80GiB`): the one byte parser, its message shown as is."""
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _integer(text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+    return value
+
+
+def positive(text: str) -> int:
+    return _integer(text, 1)
+
+
+def at_least_two(text: str) -> int:
+    return _integer(text, 2)
+
+
+def directory(text: str) -> Path:
+    """A directory to write into: created when missing, refused when a file is in the way."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a file; give a directory (it is created when missing)")
+    return path
+
+
+def comma_list(text: str) -> list[str]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+    return items
