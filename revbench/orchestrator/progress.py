@@ -25,8 +25,11 @@ def summary_line(record: RunRecord) -> str:
     """One line per finished run: status, time, and its headline figures or its error."""
     line = f"{record.duration_s or 0:.1f} s, "
     if record.status == "ok":
-        memory = record.metrics["memory"]["tensor_bytes"]["total"]
-        line += f"peak tensors {format_bytes(memory)}, {record.metrics['tokens_per_s']:,.0f} tokens/s"
+        memory = record.metrics["memory"]["tensor_bytes"]
+        line += f"peak device {format_bytes(memory['device'])}"
+        if memory["host"]:
+            line += f" + host {format_bytes(memory['host'])}"
+        line += f" in {memory['phase']}, {record.metrics['tokens_per_s']:,.0f} tokens/s"
     else:
         error = (record.error or "").splitlines()[0] if record.error else ""
         line += escape(error[:160] + ("…" if len(error) > 160 else ""))
