@@ -23,6 +23,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from revbench.estimate.eight_bit import use_layout
 from revbench.measure.categories import TensorBytes
 from revbench.measure.storage_tracker import measure_peak_bytes_tracked
 from revbench.methods import TrainSpec, create_method, not_estimable, parse_method
@@ -131,6 +132,7 @@ def _fake_step(name: str, spec: TrainSpec, target: str) -> tuple[TensorBytes, in
     shim = GroupedMMAnyDtype() if parse_dtype(spec.model.dtype) != torch.bfloat16 else contextlib.nullcontext()
     with unpacked_sequences(), FakeTensorMode(), shim:
         method = create_method(name, spec)
+        use_layout(method)
         method.prepare()
         parameters = sum(p.numel() for p in method.model.parameters())
         method.zero_grad()

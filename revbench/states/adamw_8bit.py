@@ -27,8 +27,6 @@ class AdamW8bit(ModelStates):
     name = "adamw-8bit"
     precision = "the model's dtype for weights and gradients; AdamW moments in 8 bits with a float32 scale per block"
     uses_adamw_implementation = False
-    not_estimable = ("bitsandbytes' 8-bit update reads tensor values (a data-dependent scalar), which fake "
-                     "tensors do not have")
 
     def make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         return adamw_8bit(params, self.spec.optimizer)

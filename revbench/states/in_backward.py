@@ -16,7 +16,7 @@ from torch import nn
 
 from revbench.measure.categories import StateTensors
 from revbench.measure.phases import phase
-from revbench.states.adamw_8bit import AdamW8bit, adamw_8bit
+from revbench.states.adamw_8bit import adamw_8bit
 from revbench.states.base import ModelStates
 
 
@@ -71,7 +71,6 @@ class AdamW8bitInBackward(InBackward):
     name = "adamw-8bit-in-backward"
     precision = "as adamw-8bit"
     uses_adamw_implementation = False
-    not_estimable = AdamW8bit.not_estimable
 
     def make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         return adamw_8bit(params, self.spec.optimizer)
