@@ -76,6 +76,9 @@ def test_zero2_offload_state_bytes_are_deepspeeds_buffers() -> None:
     # the CPU gradient buffer; the device keeps the model's flat parameters, its gradients and the activations.
     assert measured["host"] >= measured["optimizer"] + 4 * n
     assert measured["device"] == measured["total"] - measured["host"]
+    # What a GPU would hold is below checkpointing's peak, though the whole (device + host) is above it.
+    checkpointing = run_method("checkpointing", spec, steps=1, warmup=1).metrics["memory"]["tensor_bytes"]
+    assert measured["device"] < checkpointing["device"] < measured["total"]
 
 
 def test_compile_notice_when_the_op_cache_is_empty(tmp_path, monkeypatch, capsys) -> None:
