@@ -16,7 +16,7 @@ from torch import nn
 
 from revbench.measure.categories import StateTensors
 from revbench.measure.phases import phase
-from revbench.states.adamw_8bit import adamw_8bit
+from revbench.states.adamw_8bit import AdamW8bit
 from revbench.states.base import ModelStates
 
 
@@ -67,10 +67,7 @@ class AdamWInBackward(InBackward):
     name = "adamw-in-backward"
 
 
-class AdamW8bitInBackward(InBackward):
-    name = "adamw-8bit-in-backward"
-    precision = "as adamw-8bit"
-    uses_adamw_implementation = False
+class AdamW8bitInBackward(InBackward, AdamW8bit):
+    """Each parameter's own 8-bit AdamW, stepped in backward."""
 
-    def make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-        return adamw_8bit(params, self.spec.optimizer)
+    name = "adamw-8bit-in-backward"
