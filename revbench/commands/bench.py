@@ -67,12 +67,14 @@ def quietly(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.
     return run
 
 
-def register(sub: argparse._SubParsersAction, argv: list[str]) -> None:
+def register(sub: argparse._SubParsersAction, argv: list[str] | None = None) -> None:
+    """Register `bench`. With the command line in `argv`, only the benchmark it names is imported (the CLI);
+    without it, every benchmark is."""
     parser = sub.add_parser("bench", help="print benchmark figures (bytes, methods, depth, cli, overhead)")
     benches = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
-    wanted = argv[1] if len(argv) > 1 and argv[0] == "bench" else None
+    wanted = None if argv is None else (argv[1] if len(argv) > 1 and argv[0] == "bench" else "")
     for name, text in BENCHMARKS.items():
-        if name == wanted:
+        if wanted is None or name == wanted:
             importlib.import_module(f"revbench.benchmarks.{name}").register(benches)
             chosen = benches.choices[name]
             chosen.set_defaults(handler=quietly(chosen.get_default("handler")))
