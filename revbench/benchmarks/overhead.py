@@ -45,11 +45,12 @@ def sample_readers(device: str) -> list[tuple[str, Callable[[], object]]]:
     """What each sampler reads per sample, to time one sample alone."""
     import psutil
 
-    from revbench.measure.host import tree_rss_bytes
+    from revbench.measure.host import TreeRss
 
+    tree = TreeRss()
     readers: list[tuple[str, Callable[[], object]]] = [
-        ("host RSS of the process tree", tree_rss_bytes),
-        ("psutil listing the tree (part of the above)", lambda: psutil.Process().children(recursive=True)),
+        ("host RSS of the process tree (a sample)", tree),
+        ("psutil listing the tree (every 0.5 s)", lambda: psutil.Process().children(recursive=True)),
     ]
     if device.startswith("cuda"):
         import pynvml
