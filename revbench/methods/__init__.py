@@ -15,6 +15,7 @@ METHODS: dict[str, str] = {
     "lora": "revbench.methods.lora:Lora",
     "revffn": "revbench.methods.revffn:RevFFN",
     "revffn-zero2-offload": "revbench.methods.deepspeed_zero:RevFFNZero2Offload",
+    "revexact": "revbench.methods.revexact:RevExact",
 }
 
 
