@@ -1,8 +1,11 @@
-"""`revbench bench depth`: activation bytes and step time against depth, for backprop, checkpointing and RevFFN.
+"""`revbench bench depth`: activation bytes and step time against depth, for backprop, checkpointing, RevFFN and
+revexact.
 
 Every figure comes from the real harness (`run_method`): exact peak tensor bytes from the profiler's
 allocation events (activations = peak minus parameters, gradients and optimizer states) and the median
-time of the timed steps. RevFFN's reconstruction statistics are those of its last backward.
+time of the timed steps. The reversible designs' statistics are those of their last backward. The summary
+gives each design's activation bytes per added layer (the slope between the first and last depth) against
+checkpointing's, and its step time at the deepest depth against checkpointing's.
 """
 
 from __future__ import annotations
@@ -24,12 +27,15 @@ RUNS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("checkpointing", "checkpointing", {}),
     ("revffn-vanilla", "revffn", {"mode": "vanilla"}),
     ("revffn", "revffn", {}),
+    ("revexact", "revexact", {}),
 )
+# The designs that keep less than every activation, compared with checkpointing in the summary.
+LEAN = ("revffn", "revexact")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("depth", help="activation bytes and step time against depth: backprop, "
-                                          "checkpointing, RevFFN")
+                                          "checkpointing, RevFFN, revexact")
     parser.add_argument("--model", default="tiny-qwen2-moe", help="model preset")
     parser.add_argument("--depths", default="2,4,8,16", help="comma-separated layer counts")
     parser.add_argument("--batch", type=int, default=4)
@@ -65,8 +71,12 @@ def measure_depth(args: argparse.Namespace, depth: int) -> dict[str, Any]:
             row["revffn mean iters"] = stats["mean_iterations"]
             row["revffn worst residual"] = stats["worst_residual"]
             row["revffn fallbacks"] = stats["fallbacks_total"]
-    for label in ("checkpointing", "revffn-vanilla", "revffn"):
+        if label == "revexact":
+            row["revexact fallbacks"] = result.method_stats["fallbacks_total"]
+    for label in ("checkpointing", "revffn-vanilla", "revffn", "revexact"):
         row[f"time {label}/standard"] = seconds[label] / seconds["standard"]
+    for label in LEAN:
+        row[f"time {label}/checkpointing"] = seconds[label] / seconds["checkpointing"]
     row["standard step s"] = seconds["standard"]
     return row
 
@@ -84,11 +94,18 @@ def handle(args: argparse.Namespace) -> int:
           f"act = peak activation bytes (peak tensor bytes minus params, grads and optimizer states; profiler "
           f"allocation events); time = median step time relative to standard backprop; RevFFN: mean fixed-point "
           f"iterations per layer, worst per-token relative residual ||X1' + F(X1', X2') - Y1|| / ||Y1|| of the last "
-          f"backward, layer fallbacks over all steps.")
+          f"backward, layer fallbacks over all steps; revexact: layers whose rebuilt input failed its checksum.")
     print(shown.to_markdown(floatfmt=".3g", colalign=("right",) * (len(shown.columns) + 1)))
-    base = table.index[0]
-    growth = {label: table.loc[table.index[-1], f"act {label}"] / table.loc[base, f"act {label}"]
-              for label, _, _ in RUNS}
-    print(f"\nActivation bytes at {table.index[-1]} layers relative to {base} layers: "
+    base, last = table.index[0], table.index[-1]
+    growth = {label: table.loc[last, f"act {label}"] / table.loc[base, f"act {label}"] for label, _, _ in RUNS}
+    print(f"\nActivation bytes at {last} layers relative to {base} layers: "
           + ", ".join(f"{label} {ratio:.2f}x" for label, ratio in growth.items()))
+    if last > base:
+        slope = {label: (table.loc[last, f"act {label}"] - table.loc[base, f"act {label}"]) / (last - base)
+                 for label, _, _ in RUNS}
+        print("Activation bytes per added layer: " + ", ".join(f"{label} {slope[label]:,.0f}" for label, _, _ in RUNS)
+              + "; relative to checkpointing's: "
+              + ", ".join(f"{label} {slope[label] / slope['checkpointing']:.3f}x" for label in LEAN))
+    print(f"Step time at {last} layers relative to checkpointing (median of {args.steps} timed steps): "
+          + ", ".join(f"{label} {table.loc[last, f'time {label}/checkpointing']:.3f}x" for label in LEAN))
     return 0
