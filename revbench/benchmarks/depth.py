@@ -103,9 +103,11 @@ def handle(args: argparse.Namespace) -> int:
     if last > base:
         slope = {label: (table.loc[last, f"act {label}"] - table.loc[base, f"act {label}"]) / (last - base)
                  for label, _, _ in RUNS}
+        base_slope = slope["checkpointing"]
+        relative = ", ".join(f"{label} {slope[label] / base_slope:.3f}x" if base_slope > 0 else f"{label} n/a"
+                             for label in LEAN)
         print("Activation bytes per added layer: " + ", ".join(f"{label} {slope[label]:,.0f}" for label, _, _ in RUNS)
-              + "; relative to checkpointing's: "
-              + ", ".join(f"{label} {slope[label] / slope['checkpointing']:.3f}x" for label in LEAN))
+              + f"; relative to checkpointing's: {relative}")
     print(f"Step time at {last} layers relative to checkpointing (median of {args.steps} timed steps): "
           + ", ".join(f"{label} {table.loc[last, f'time {label}/checkpointing']:.3f}x" for label in LEAN))
     return 0

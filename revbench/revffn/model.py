@@ -19,7 +19,7 @@ from revbench.revffn.options import RUNTIME_OPTIONS, RevFFNOptions
 from revbench.revffn.replay import AutocastState, BranchRng
 from revbench.revffn.reversible import ReversibleStack
 from revbench.revffn.routing import RouterTap
-from revbench.revffn.stack import LayerStats, StackRun, split
+from revbench.revffn.stack import LayerStats, StackRun, sketch_projection, split
 
 
 def layer_type(config: PretrainedConfig, index: int) -> str:
@@ -78,6 +78,8 @@ class RevFFNForCausalLM(nn.Module):
         self.lm_head = hf_model.lm_head
         self._last_stats: list[LayerStats] = []
         self.fallback_counts = [0] * len(blocks)
+        self.recomputed_total = 0
+        self._last_counts: dict[str, int] = {}
         self.backwards = 0
 
     def configure(self, **options: Any) -> None:
@@ -158,12 +160,14 @@ class RevFFNForCausalLM(nn.Module):
                     logits.append(tap.logits)
             return torch.cat([x1, x2], dim=-1), logits
         run = StackRun(blocks, self.options, inputs, AutocastState.capture(embeds.device.type),
-                       list(self.model.layers.parameters()), self._record_stats)
+                       list(self.model.layers.parameters()), self._record_stats,
+                       projection=sketch_projection(embeds.shape[-1], self.options.sketch_dim, embeds.device))
         out, *logits = ReversibleStack.apply(run, embeds, *run.params)
         return out, logits
 
-    def _record_stats(self, stats: list[LayerStats]) -> None:
-        self._last_stats = stats
+    def _record_stats(self, stats: list[LayerStats], counts: dict[str, int]) -> None:
+        self._last_stats, self._last_counts = stats, counts
+        self.recomputed_total += counts["recomputed_layer_forwards"]
         self.backwards += 1
         for s in stats:
             self.fallback_counts[s.layer] += int(s.fallback)
@@ -189,4 +193,10 @@ class RevFFNForCausalLM(nn.Module):
             "fallbacks_per_layer": list(self.fallback_counts),
             # Tokens whose recomputed top-k differed from the forward's (replayed unless replay_routing=False).
             "routing_flips": sum(s.routing_flips or 0 for s in stats),
+            "worst_sketch_error": max((s.sketch_error for s in stats if s.sketch_error is not None), default=None),
+            # The O(L) fallback: layers below a fallback take their exact inputs from its one recompute.
+            "layers_from_cache_last_backward": sum(s.from_cache for s in stats),
+            "recomputed_layer_forwards_last_backward": self._last_counts.get("recomputed_layer_forwards", 0),
+            "recomputed_layer_forwards_total": self.recomputed_total,
+            "fallback_bytes_kept_last_backward": self._last_counts.get("fallback_bytes_kept", 0),
         }
