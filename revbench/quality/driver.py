@@ -94,7 +94,11 @@ class QualityDriver:
 
     def identity(self, method: str, config: dict[str, Any]) -> str:
         # The checkpoint path is derived from what is already in the config; where it lives is not identity.
-        return run_id(self.suite.name, method, {**config, "model": {**config.get("model", {}), "path": None}}, 0)
+        identity = {**config, "model": {**config.get("model", {}), "path": None}}
+        workload = config.get("workload", {})
+        if workload.get("tokenizer", "") is None:  # the field came later: records from before it keep their ids
+            identity["workload"] = {k: v for k, v in workload.items() if k != "tokenizer"}
+        return run_id(self.suite.name, method, identity, 0)
 
     def record(self, method: str, config: dict[str, Any], started: float, **fields: Any) -> RunRecord:
         record = RunRecord(run_id=self.identity(method, config), suite=self.suite.name, method=method,
