@@ -25,8 +25,8 @@ def test_shipped_suite_parses_and_evaluates_after_the_warmup() -> None:
                                               "revffn"]
     revffn = suite.runs[3]
     assert revffn.warmup_steps == 15 and 15 in suite.eval_steps(revffn)
-    long = suite.runs[6]  # the fair trial: a 60-step adapter warm-up, then standard's 30 steps
-    assert long.warmup_steps == 60 and suite.steps_of(long) == 90 and suite.eval_steps(long)[-1] == 90
+    long = suite.runs[6]  # the fair trial: a 30-step adapter warm-up, then standard's 30 steps
+    assert long.warmup_steps == 30 and suite.steps_of(long) == 60 and suite.eval_steps(long)[-1] == 60
     assert [long.lr_factor(s) for s in (0, 4, 9, 50)] == [0.1, 0.5, 1.0, 1.0]
     assert suite.eval_steps(suite.runs[0]) == [0, 5, 10, 15, 20, 25, 30]
     assert suite.optimizer_for(suite.runs[2]).lr == 5e-4 and suite.optimizer_for(suite.runs[0]).lr == 5e-5
