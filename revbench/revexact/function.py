@@ -62,6 +62,7 @@ class ExactReversibleStack(torch.autograd.Function):
                     x_prev, ok = cache[n - 1], None
                 else:
                     x_prev = run.grid.invert(x_next, q, unpack(rec.side))
+                    rec.side = None  # used once: free it as the backward goes down
                     ok = bool(torch.equal(run.checksum(x_prev), rec.checksum))
                     if not ok:
                         cache = _recompute(run, n, embeds, counts)
