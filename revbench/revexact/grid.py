@@ -59,7 +59,7 @@ class Grid:
         if not bool(x_next.abs().max() < LIMIT):
             raise GridOverflowError(f"{where}: the stream left the grid's range |x| < {LIMIT / self.scale:.6g} "
                                     f"(grid_bits={self.grid_bits}); convert with a smaller grid_bits")
-        return x_next, (t & self.mask).to(torch.uint8 if self.side_bits <= 8 else torch.int16)
+        return x_next, (t & self.mask).to(torch.uint8)
 
     def invert(self, x_next: torch.Tensor, q: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
         """x_{n-1} from x_{n+1}, Q[z_n] and side_n."""

@@ -45,8 +45,8 @@ class RevExactOptions:
         for name, choices in (("mode", MODES), ("fallback", FALLBACKS)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"revexact option {name}={getattr(self, name)!r} is not one of {', '.join(choices)}")
-        if not 1 <= self.side_bits <= 16:
-            raise ValueError(f"revexact option side_bits must be in 1..16, got {self.side_bits}")
+        if not 1 <= self.side_bits <= 8:
+            raise ValueError(f"revexact option side_bits must be in 1..8, got {self.side_bits}")
         if not 0 <= self.grid_bits <= MAX_GRID_BITS:
             raise ValueError(f"revexact option grid_bits must be in 0..{MAX_GRID_BITS}, got {self.grid_bits}")
 

@@ -1,4 +1,7 @@
-"""k-bit side values packed as k bit planes of one bit per element: k / 8 bytes per element, exactly."""
+"""k-bit side values packed as k bit planes of one bit per element: k / 8 bytes per element, exactly.
+
+Packing and unpacking go one plane at a time in uint8, so their temporaries stay at a few bytes per element
+(they run once per layer in forward and in backward, beside the layer's own activations)."""
 
 from __future__ import annotations
 
@@ -26,20 +29,22 @@ class PackedBits:
 
 
 def pack(side: torch.Tensor, bits: int) -> PackedBits:
-    flat = side.reshape(-1).to(torch.int32)
+    """Side values in [0, 2^bits), bits <= 8, stored as uint8 -> bits planes of numel / 8 bytes each."""
+    flat = side.reshape(-1)
     pad = (-flat.numel()) % 8
     if pad:
         flat = torch.cat([flat, flat.new_zeros(pad)])
-    planes = torch.stack([((flat >> b) & 1).to(torch.uint8) for b in range(bits)])  # (k, n)
-    packed = (planes.view(bits, -1, 8) * _weights(side.device)).sum(-1, dtype=torch.uint8)
-    return PackedBits(packed, side.shape)
+    weights = _weights(side.device)
+    planes = torch.stack([(((flat >> b) & 1).view(-1, 8) * weights).sum(-1, dtype=torch.uint8)
+                          for b in range(bits)])
+    return PackedBits(planes, side.shape)
 
 
 def unpack(packed: PackedBits) -> torch.Tensor:
-    """The side values as int32, in their original shape."""
+    """The side values as uint8, in their original shape."""
     planes = packed.planes
     shifts = torch.arange(8, dtype=torch.uint8, device=planes.device)
-    bits = ((planes.unsqueeze(-1) >> shifts) & 1).to(torch.int32).view(planes.shape[0], -1)  # (k, n padded)
-    weights = (1 << torch.arange(planes.shape[0], dtype=torch.int32, device=planes.device)).unsqueeze(-1)
-    numel = packed.shape.numel()
-    return (bits * weights).sum(0, dtype=torch.int32)[:numel].view(packed.shape)
+    out = torch.zeros(planes.shape[1] * 8, dtype=torch.uint8, device=planes.device)
+    for b in range(planes.shape[0]):
+        out |= ((planes[b].unsqueeze(-1) >> shifts) & 1).view(-1) << b
+    return out[: packed.shape.numel()].view(packed.shape)
