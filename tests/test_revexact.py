@@ -67,6 +67,18 @@ def test_hidden_states_is_what_forward_feeds_the_head() -> None:
     assert model.hidden_states(ids)[1] is None
 
 
+def test_a_loss_built_from_hidden_states_trains_like_forward() -> None:
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    model = converted(layers=3)
+    ids = tokens(2, 16)
+    reference = gradients(model, ids)
+    model.zero_grad(set_to_none=True)
+    hidden, aux = model.hidden_states(ids)
+    (ForCausalLMLoss(model.lm_head(hidden), ids, model.config.vocab_size) + aux).backward()
+    assert all(torch.equal(p.grad, reference[n]) for n, p in model.named_parameters())
+
+
 def test_training_forward_equals_inference_forward() -> None:
     model = converted(layers=3)
     ids = tokens()
