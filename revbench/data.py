@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sysconfig
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -26,6 +27,9 @@ class Workload:
     text_path: str | None = None  # default: CPython's pydoc topics
     heldout_fraction: float = 0.1  # the tail of the text kept out of training
     seed: int = 0
+    # data="text" only. None: byte-level tokens. Otherwise a tokenizer: "smollm2" (the GGUF the quality suite
+    # uses, see revbench.pretrained), a .gguf file, or a local Hugging Face tokenizer directory.
+    tokenizer: str | None = None
 
     def __post_init__(self) -> None:
         if self.data not in ("synthetic", "text"):
@@ -34,6 +38,8 @@ class Workload:
             raise ValueError(f"batch must be >= 1 and seq >= 2, got batch={self.batch} seq={self.seq}")
         if not 0.0 <= self.heldout_fraction < 1.0:
             raise ValueError(f"heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
+        if self.tokenizer is not None and self.data != "text":
+            raise ValueError(f"a tokenizer ({self.tokenizer!r}) needs data='text', got data={self.data!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -41,6 +47,28 @@ class Workload:
     @property
     def tokens_per_step(self) -> int:
         return self.batch * self.seq
+
+
+@functools.lru_cache(maxsize=4)
+def read_tokenized(tokenizer: str, path: str) -> torch.Tensor:
+    """The whole text file through a named tokenizer (see Workload.tokenizer), tokenised once per process."""
+    from transformers import AutoTokenizer
+
+    from revbench.pretrained import load_tokenizer, tokenize_file
+
+    if tokenizer == "smollm2":
+        loaded = load_tokenizer()
+    elif tokenizer.endswith(".gguf"):
+        file = Path(tokenizer)
+        if not file.is_file():
+            raise FileNotFoundError(f"tokenizer GGUF file {tokenizer!r} does not exist")
+        loaded = load_tokenizer(file)
+    elif Path(tokenizer).is_dir():
+        loaded = AutoTokenizer.from_pretrained(tokenizer, local_files_only=True)
+    else:
+        raise ValueError(f"unknown tokenizer {tokenizer!r}: give 'smollm2', a .gguf file or a local Hugging Face "
+                         f"tokenizer directory")
+    return tokenize_file(loaded, path)
 
 
 def read_byte_tokens(path: str | Path) -> torch.Tensor:
@@ -64,9 +92,16 @@ class TokenStream:
         self.split = split
         self._tokens: torch.Tensor | None = None
         if workload.data == "text":
-            if vocab_size < BYTE_VOCAB:
+            path = workload.text_path or default_text_path()
+            if workload.tokenizer is not None:
+                tokens = read_tokenized(workload.tokenizer, str(path))
+                if int(tokens.max()) >= vocab_size:
+                    raise ValueError(f"tokenizer {workload.tokenizer!r} gives ids up to {int(tokens.max())}, beyond "
+                                     f"the model's vocabulary of {vocab_size}")
+            elif vocab_size < BYTE_VOCAB:
                 raise ValueError(f"byte-level text needs a vocabulary of at least {BYTE_VOCAB}, got {vocab_size}")
-            tokens = read_byte_tokens(workload.text_path or default_text_path())
+            else:
+                tokens = read_byte_tokens(path)
             cut = int(len(tokens) * (1.0 - workload.heldout_fraction))
             self._tokens = tokens[:cut] if split == "train" else tokens[cut:]
             if len(self._tokens) <= workload.seq:

@@ -36,3 +36,30 @@ def test_bad_inputs_are_named(tmp_path) -> None:
         TokenStream(Workload(text_path=str(tmp_path / "missing.txt")), 256)
     with pytest.raises(ValueError, match="vocabulary of at least 256"):
         TokenStream(Workload(), 100)
+
+
+def _word_tokenizer(directory) -> str:
+    """A small BPE tokenizer trained on the pydoc text and saved as a local Hugging Face tokenizer directory."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    lines = default_text_path().read_text(encoding="utf-8").splitlines()[:2000]
+    tokenizer.train_from_iterator(lines, trainers.BpeTrainer(vocab_size=300, special_tokens=["[UNK]"]))
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer).save_pretrained(directory)
+    return str(directory)
+
+
+def test_a_tokenizer_turns_the_text_into_its_own_ids(tmp_path) -> None:
+    path = _word_tokenizer(tmp_path / "tok")
+    workload = Workload(batch=2, seq=16, tokenizer=path)
+    batch = TokenStream(workload, vocab_size=300).batch(0)
+    assert batch.shape == (2, 16) and int(batch.max()) < 300
+    assert not torch.equal(batch, TokenStream(Workload(batch=2, seq=16), vocab_size=300).batch(0))  # not bytes
+    with pytest.raises(ValueError, match="beyond the model's vocabulary of 100"):
+        TokenStream(workload, vocab_size=100)
+    with pytest.raises(ValueError, match="needs data='text'"):
+        Workload(data="synthetic", tokenizer=path)
+    with pytest.raises(ValueError, match="unknown tokenizer 'nope'"):
+        TokenStream(Workload(tokenizer="nope"), vocab_size=300)

@@ -21,9 +21,13 @@ from revbench.records import read_records
 
 def test_shipped_suite_parses_and_evaluates_after_the_warmup() -> None:
     suite = load_quality_suite()
-    assert [r.method for r in suite.runs] == ["standard", "checkpointing", "lora", "revffn", "revffn"]
+    assert [r.method for r in suite.runs] == ["standard", "checkpointing", "lora", "revffn", "revffn", "revexact",
+                                              "revffn"]
     revffn = suite.runs[3]
     assert revffn.warmup_steps == 15 and 15 in suite.eval_steps(revffn)
+    long = suite.runs[6]  # the fair trial: a 30-step adapter warm-up, then standard's 30 steps
+    assert long.warmup_steps == 30 and suite.steps_of(long) == 60 and suite.eval_steps(long)[-1] == 60
+    assert [long.lr_factor(s) for s in (0, 4, 9, 50)] == [0.1, 0.5, 1.0, 1.0]
     assert suite.eval_steps(suite.runs[0]) == [0, 5, 10, 15, 20, 25, 30]
     assert suite.optimizer_for(suite.runs[2]).lr == 5e-4 and suite.optimizer_for(suite.runs[0]).lr == 5e-5
     assert load_quality_suite(None, ["steps=2", "upcycle.layers=2"]).upcycle.layers == 2
@@ -86,7 +90,9 @@ def driver_setup(tmp_path_factory) -> tuple[QualitySuite, Path, QualityData, Lla
         upcycle=UpcycleSpec(family="qwen2_moe", experts=4, top_k=2, layers=2), workload=workload,
         runs=[QualityRun("standard", "standard"), QualityRun("checkpointing", "checkpointing"),
               QualityRun("lora", "lora", {"rank": 4}, lr=1e-2),
-              QualityRun("revffn", "revffn", {"stage": "two-stage", "warmup_steps": 1})],
+              QualityRun("revffn", "revffn", {"stage": "two-stage", "warmup_steps": 1}),
+              QualityRun("revexact", "revexact"),
+              QualityRun("standard warm-up", "standard", steps=3, lr_warmup_steps=2)],
         conversions=[{"coupling": "closed-form"}], steps=2, eval_every=2, eval_batches=2)
     return suite, tmp_path_factory.mktemp("quality"), data, dense
 
@@ -117,6 +123,14 @@ def test_driver_records_upcycle_conversion_and_every_method(driver_setup) -> Non
     assert records["revffn"].metrics["warmup_heldout_loss"] == curves["revffn"]["loss"][1]
     assert records["revffn"].method_stats["stage"] == "two-stage"
     assert len(records["lora"].losses) == 2 and records["lora"].method_stats["trainable_parameters"] > 0
+    # revexact starts where the upcycled model is (exact reversible stack, nothing added) and learns.
+    assert curves["revexact"]["loss"][0] == pytest.approx(start, abs=5e-3) and curves["revexact"]["loss"][-1] < start
+    assert records["revexact"].method_stats["fallbacks_total"] == 0
+    # A run's own step count and learning-rate warm-up: half the learning rate at step 0, then the full one.
+    warm = records["standard warm-up"]
+    assert len(warm.losses) == 3 and curves["standard warm-up"]["step"] == [0, 2, 3]
+    assert warm.config["lr_warmup_steps"] == 2 and warm.losses[0] == pytest.approx(records["standard"].losses[0])
+    assert warm.losses[1] != pytest.approx(records["standard"].losses[1], abs=1e-6)  # a smaller first step
 
     again = QualityDriver(suite, out, root / "checkpoint", data, info, log=lambda _: None)
     assert again.train(suite.runs[0]) is None  # resumed: recorded already

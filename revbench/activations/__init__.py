@@ -4,4 +4,5 @@ ACTIVATIONS: dict[str, str] = {
     "store": "revbench.activations.store:Store",
     "checkpoint": "revbench.activations.checkpoint:Checkpoint",
     "revffn": "revbench.activations.revffn:RevFFN",
+    "revexact": "revbench.activations.revexact:RevExact",
 }

@@ -1,8 +1,11 @@
-"""`revbench bench depth`: activation bytes and step time against depth, for backprop, checkpointing and RevFFN.
+"""`revbench bench depth`: activation bytes and step time against depth, for backprop, checkpointing, RevFFN and
+revexact.
 
 Every figure comes from the real harness (`run_method`): exact peak tensor bytes from the profiler's
 allocation events (activations = peak minus parameters, gradients and optimizer states) and the median
-time of the timed steps. RevFFN's reconstruction statistics are those of its last backward.
+time of the timed steps. The reversible designs' statistics are those of their last backward. The summary
+gives each design's activation bytes per added layer (the slope between the first and last depth) against
+checkpointing's, and its step time at the deepest depth against checkpointing's.
 """
 
 from __future__ import annotations
@@ -24,18 +27,24 @@ RUNS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("checkpointing", "checkpointing", {}),
     ("revffn-vanilla", "revffn", {"mode": "vanilla"}),
     ("revffn", "revffn", {}),
+    ("revexact", "revexact", {}),
 )
+# The designs that keep less than every activation, compared with checkpointing in the summary.
+LEAN = ("revffn", "revexact")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("depth", help="activation bytes and step time against depth: backprop, "
-                                          "checkpointing, RevFFN")
+                                          "checkpointing, RevFFN, revexact")
     parser.add_argument("--model", default="tiny-qwen2-moe", help="model preset")
     parser.add_argument("--depths", default="2,4,8,16", help="comma-separated layer counts")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3, help="timed steps after the profiled one")
+    parser.add_argument("--runs", default=",".join(label for label, _, _ in RUNS),
+                        help="comma-separated columns to run (e.g. checkpointing,revexact for long sequences, where "
+                             "standard backprop would not fit)")
     parser.add_argument("--device", default="cpu")
     parser.set_defaults(handler=handle)
 
@@ -50,10 +59,20 @@ def parse_depths(text: str) -> list[int]:
     return depths
 
 
-def measure_depth(args: argparse.Namespace, depth: int) -> dict[str, Any]:
+def parse_runs(text: str) -> list[tuple[str, str, dict[str, Any]]]:
+    wanted = [label.strip() for label in text.split(",") if label.strip()]
+    known = {label: run for label, *run in RUNS}
+    unknown = [label for label in wanted if label not in known]
+    if unknown or not wanted:
+        raise ValueError(f"--runs: unknown run {', '.join(unknown) or '(none given)'}; choose from {', '.join(known)}")
+    return [(label, *known[label]) for label, *_ in RUNS if label in wanted]
+
+
+def measure_depth(args: argparse.Namespace, runs: list[tuple[str, str, dict[str, Any]]], depth: int
+                  ) -> dict[str, Any]:
     row: dict[str, Any] = {"layers": depth}
     seconds: dict[str, float] = {}
-    for label, method, options in RUNS:
+    for label, method, options in runs:
         print(f"[revbench] depth {depth}: {label} ...", file=sys.stderr, flush=True)
         spec = TrainSpec(model=ModelSpec(args.model, layers=depth), workload=Workload(batch=args.batch, seq=args.seq),
                          device=args.device, options=options)
@@ -65,30 +84,51 @@ def measure_depth(args: argparse.Namespace, depth: int) -> dict[str, Any]:
             row["revffn mean iters"] = stats["mean_iterations"]
             row["revffn worst residual"] = stats["worst_residual"]
             row["revffn fallbacks"] = stats["fallbacks_total"]
-    for label in ("checkpointing", "revffn-vanilla", "revffn"):
-        row[f"time {label}/standard"] = seconds[label] / seconds["standard"]
-    row["standard step s"] = seconds["standard"]
+        if label == "revexact":
+            row["revexact fallbacks"] = result.method_stats["fallbacks_total"]
+    for base in ("standard", "checkpointing"):
+        if base in seconds:
+            for label in seconds:
+                if label != base and (base == "standard" or label in LEAN):
+                    row[f"time {label}/{base}"] = seconds[label] / seconds[base]
+    for label, value in seconds.items():
+        row[f"{label} step s"] = value
     return row
 
 
 def handle(args: argparse.Namespace) -> int:
     depths = parse_depths(args.depths)
-    rows = [measure_depth(args, depth) for depth in depths]
-    table = pd.DataFrame(rows).set_index("layers")
+    runs = parse_runs(args.runs)
+    labels = [label for label, _, _ in runs]
+    table = pd.DataFrame([measure_depth(args, runs, depth) for depth in depths]).set_index("layers")
     shown = table.copy()
-    for label, _, _ in RUNS:  # exact byte counts, with thousands separators
+    for label in labels:  # exact byte counts, with thousands separators
         shown[f"act {label}"] = shown[f"act {label}"].map("{:,}".format)
     dtype = str(parse_dtype("auto", args.device)).removeprefix("torch.")
     print(f"Depth scaling on {args.model}, batch {args.batch} x seq {args.seq}, {dtype} on {args.device}, AdamW; "
           f"{args.warmup} warm-up + 1 profiled + {args.steps} timed steps per run.\n"
           f"act = peak activation bytes (peak tensor bytes minus params, grads and optimizer states; profiler "
-          f"allocation events); time = median step time relative to standard backprop; RevFFN: mean fixed-point "
-          f"iterations per layer, worst per-token relative residual ||X1' + F(X1', X2') - Y1|| / ||Y1|| of the last "
-          f"backward, layer fallbacks over all steps.")
+          f"allocation events); time = median step time relative to standard backprop or checkpointing; RevFFN: "
+          f"mean fixed-point iterations per layer, worst per-token relative residual ||X1' + F(X1', X2') - Y1|| / "
+          f"||Y1|| of the last backward, layer fallbacks over all steps; revexact: layers whose rebuilt input "
+          f"failed its checksum.")
     print(shown.to_markdown(floatfmt=".3g", colalign=("right",) * (len(shown.columns) + 1)))
-    base = table.index[0]
-    growth = {label: table.loc[table.index[-1], f"act {label}"] / table.loc[base, f"act {label}"]
-              for label, _, _ in RUNS}
-    print(f"\nActivation bytes at {table.index[-1]} layers relative to {base} layers: "
+    base, last = table.index[0], table.index[-1]
+    growth = {label: table.loc[last, f"act {label}"] / table.loc[base, f"act {label}"] for label in labels}
+    print(f"\nActivation bytes at {last} layers relative to {base} layers: "
           + ", ".join(f"{label} {ratio:.2f}x" for label, ratio in growth.items()))
+    if last > base:
+        slope = {label: (table.loc[last, f"act {label}"] - table.loc[base, f"act {label}"]) / (last - base)
+                 for label in labels}
+        line = "Activation bytes per added layer: " + ", ".join(f"{label} {slope[label]:,.0f}" for label in labels)
+        if "checkpointing" in slope:
+            ref = slope["checkpointing"]
+            line += "; relative to checkpointing's: " + ", ".join(
+                f"{label} {slope[label] / ref:.3f}x" if ref > 0 else f"{label} n/a (checkpointing's is {ref:,.0f})"
+                for label in labels if label in LEAN)
+        print(line)
+    if "checkpointing" in labels and any(label in LEAN for label in labels):
+        print(f"Step time at {last} layers relative to checkpointing (median of {args.steps} timed steps): "
+              + ", ".join(f"{label} {table.loc[last, f'time {label}/checkpointing']:.3f}x"
+                          for label in labels if label in LEAN))
     return 0

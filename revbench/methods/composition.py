@@ -1,6 +1,6 @@
 """A method is a composition of three techniques: activations x model states x loss.
 
-The seven named methods are presets of the three axes, and nothing more. Any other combination is written
+The named methods are presets of the three axes, and nothing more. Any other combination is written
 `ACTIVATIONS+STATES+LOSS` (e.g. `checkpoint+adamw-8bit-in-backward+chunked`), or obtained from a preset by
 overriding an axis. A composition's name is its preset's name where one matches, so records stay comparable.
 """
@@ -63,6 +63,7 @@ PRESETS: dict[str, Composition] = {
     "lora": Composition("store", "lora", "full"),
     "revffn": Composition("revffn", "adamw", "full"),
     "revffn-zero2-offload": Composition("revffn", "zero2-offload", "full"),
+    "revexact": Composition("revexact", "adamw", "full"),
 }
 
 

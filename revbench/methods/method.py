@@ -51,6 +51,11 @@ class Method:
         return self.states.model
 
     @property
+    def optimizer(self) -> torch.optim.Optimizer | None:
+        """The one optimizer over the model (None where each parameter has its own, as in backward)."""
+        return self.states.optimizer
+
+    @property
     def vocab_size(self) -> int:
         assert self.model is not None, "prepare() first"
         return self.model.config.vocab_size

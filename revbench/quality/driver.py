@@ -80,8 +80,11 @@ class QualityDriver:
 
     def run_config(self, run: QualityRun) -> dict[str, Any]:
         spec = self.train_spec(run)
-        return {**self.base_config(), **spec.to_dict(), "label": run.label, "steps": self.suite.steps,
-                "eval_steps": self.suite.eval_steps(run)}
+        config = {**self.base_config(), **spec.to_dict(), "label": run.label, "steps": self.suite.steps_of(run),
+                  "eval_steps": self.suite.eval_steps(run)}
+        if run.lr_warmup_steps is not None:  # only when set, so the records of earlier runs keep their ids
+            config["lr_warmup_steps"] = run.lr_warmup_steps
+        return config
 
     def train_spec(self, run: QualityRun) -> TrainSpec:
         s = self.suite
@@ -91,7 +94,11 @@ class QualityDriver:
 
     def identity(self, method: str, config: dict[str, Any]) -> str:
         # The checkpoint path is derived from what is already in the config; where it lives is not identity.
-        return run_id(self.suite.name, method, {**config, "model": {**config.get("model", {}), "path": None}}, 0)
+        identity = {**config, "model": {**config.get("model", {}), "path": None}}
+        workload = config.get("workload", {})
+        if workload.get("tokenizer", "") is None:  # the field came later: records from before it keep their ids
+            identity["workload"] = {k: v for k, v in workload.items() if k != "tokenizer"}
+        return run_id(self.suite.name, method, identity, 0)
 
     def record(self, method: str, config: dict[str, Any], started: float, **fields: Any) -> RunRecord:
         record = RunRecord(run_id=self.identity(method, config), suite=self.suite.name, method=method,
@@ -152,21 +159,25 @@ class QualityDriver:
             return None
         started = time.time()
         eval_steps = self.suite.eval_steps(run)
+        total = self.suite.steps_of(run)
         losses: list[float] = []
         steps_done, evals, step_seconds, eval_seconds = 0, [], [], 0.0
         method = create_method(run.method, self.train_spec(run))
         status, error, stats = "ok", None, {}
         try:
             method.prepare()
-            for step in range(self.suite.steps + 1):
+            base_lrs = [group["lr"] for group in method.optimizer.param_groups] if run.lr_warmup_steps else []
+            for step in range(total + 1):
                 if step in eval_steps:
                     t = time.perf_counter()
                     evals.append(self.evaluate(method.model))
                     eval_seconds += time.perf_counter() - t
                     train = f", last training loss {losses[-1]:.4f}" if losses else " (before training)"
-                    self.log(f"{run.label}: step {step}/{self.suite.steps}, held-out loss {evals[-1]:.4f}{train}")
-                if step == self.suite.steps:
+                    self.log(f"{run.label}: step {step}/{total}, held-out loss {evals[-1]:.4f}{train}")
+                if step == total:
                     break
+                for group, lr in zip(method.optimizer.param_groups if base_lrs else [], base_lrs, strict=True):
+                    group["lr"] = lr * run.lr_factor(step)
                 method.zero_grad()
                 t = time.perf_counter()
                 losses.append(float(method.train_step(self.data.train.batch(step))))

@@ -46,7 +46,8 @@ def final_table(runs: list[RunRecord]) -> pd.DataFrame:
         final = m.get("final_heldout_loss")
         rows.append({
             "run": r.config["label"], "method": r.method, "status": r.status, "trains": _trainable(r),
-            "lr": r.config["optimizer"]["lr"], "steps": m.get("steps_done"),
+            "lr": r.config["optimizer"]["lr"], "lr warm-up": r.config.get("lr_warmup_steps"),
+            "steps": m.get("steps_done"),
             "held-out loss, step 0": m.get("initial_heldout_loss"),
             "after warm-up": m.get("warmup_heldout_loss"),
             "final held-out loss": final,
@@ -57,13 +58,25 @@ def final_table(runs: list[RunRecord]) -> pd.DataFrame:
 
 
 def reconstruction_line(r: RunRecord) -> str:
-    """RevFFN's own account of its backward passes: fixed-point iterations and fallbacks to recomputation."""
+    """A reversible run's own account of its backward passes: how inputs were rebuilt and what fell back."""
     st = r.method_stats
     layers = [f"{i}: {n}" for i, n in enumerate(st.get("fallbacks_per_layer", [])) if n]
+    by_layer = f" (by layer: {', '.join(layers)})" if layers else ""
+    if r.method == "revexact":
+        return (f"- {r.config['label']}: {st.get('backwards')} reversible backward passes, every layer input rebuilt "
+                f"by integer arithmetic (k = {st.get('side_bits')} side bits, {st.get('side_bit_bytes'):,} "
+                f"side-bit bytes per step); {st['fallbacks_total']} checksum mismatches fell back{by_layer}; "
+                f"routing flips {st.get('routing_flips')}.\n")
+    cache = ""
+    if "recomputed_layer_forwards_total" in st:  # records from before the O(L) fallback lack these
+        cache = (f" {st['recomputed_layer_forwards_total']} layer forwards recomputed in all (O(L) cache: "
+                 f"{st.get('layers_from_cache_last_backward')} layers took their input from it in the last backward, "
+                 f"{st.get('fallback_bytes_kept_last_backward'):,} bytes kept); worst input-sketch error "
+                 f"{st.get('worst_sketch_error') or 0:.2g};")
     return (f"- {r.config['label']}: {st.get('backwards')} reversible backward passes, fixed point "
-            f"{st.get('mean_iterations', 0):.1f} iterations on average (at most {st.get('max_iterations')}); "
+            f"{st.get('mean_iterations') or 0:.1f} iterations on average (at most {st.get('max_iterations')}); "
             f"{st['fallbacks_total']} layer inversions missed the tolerance and were recomputed exactly"
-            f"{' (by layer: ' + ', '.join(layers) + ')' if layers else ''}; routing flips {st.get('routing_flips')}.\n")
+            f"{by_layer};{cache} routing flips {st.get('routing_flips')}.\n")
 
 
 def conversion_table(conversions: list[RunRecord], upcycled_loss: float | None) -> pd.DataFrame:

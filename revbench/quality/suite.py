@@ -21,18 +21,29 @@ from revbench.pretrained.upcycle import UpcycleSpec
 
 @dataclass
 class QualityRun:
-    """One fine-tuning run. `label` names it in tables; `lr` replaces the suite's learning rate for it."""
+    """One fine-tuning run. `label` names it in tables; `lr` replaces the suite's learning rate for it; `steps`
+    replaces the suite's step count (e.g. a long adapter warm-up followed by the suite's steps of full training);
+    `lr_warmup_steps` ramps the learning rate linearly from lr / lr_warmup_steps to lr over that many steps."""
 
     label: str
     method: str
     options: dict[str, Any] = field(default_factory=dict)
     lr: float | None = None
+    steps: int | None = None
+    lr_warmup_steps: int | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise FieldError("method", f"unknown method {self.method!r}; the methods are {', '.join(METHODS)}")
         if self.lr is not None and not self.lr > 0:
             raise FieldError("lr", f"must be positive, got {self.lr}")
+        for name in ("steps", "lr_warmup_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise FieldError(name, f"must be >= 1, got {getattr(self, name)}")
+
+    def lr_factor(self, step: int) -> float:
+        """The learning rate's multiplier at a (0-based) step."""
+        return 1.0 if self.lr_warmup_steps is None else min(1.0, (step + 1) / self.lr_warmup_steps)
 
     @property
     def warmup_steps(self) -> int | None:
@@ -79,10 +90,14 @@ class QualitySuite:
     def eval_steps(self, run: QualityRun) -> list[int]:
         """Steps after which `run` is evaluated: 0 (before training), every eval_every, the end, and the end
         of a two-stage warm-up."""
-        steps = {0, self.steps, *range(self.eval_every, self.steps, self.eval_every)}
-        if run.warmup_steps is not None and run.warmup_steps <= self.steps:
+        total = self.steps_of(run)
+        steps = {0, total, *range(self.eval_every, total, self.eval_every)}
+        if run.warmup_steps is not None and run.warmup_steps <= total:
             steps.add(run.warmup_steps)
         return sorted(steps)
+
+    def steps_of(self, run: QualityRun) -> int:
+        return self.steps if run.steps is None else run.steps
 
     def optimizer_for(self, run: QualityRun) -> OptimizerSpec:
         return self.optimizer if run.lr is None else dataclasses.replace(self.optimizer, lr=run.lr)

@@ -19,7 +19,7 @@ from revbench.revffn.options import RUNTIME_OPTIONS, RevFFNOptions
 from revbench.revffn.replay import AutocastState, BranchRng
 from revbench.revffn.reversible import ReversibleStack
 from revbench.revffn.routing import RouterTap
-from revbench.revffn.stack import LayerStats, StackRun, split
+from revbench.revffn.stack import LayerStats, StackRun, sketch_projection, split
 
 
 def layer_type(config: PretrainedConfig, index: int) -> str:
@@ -78,6 +78,8 @@ class RevFFNForCausalLM(nn.Module):
         self.lm_head = hf_model.lm_head
         self._last_stats: list[LayerStats] = []
         self.fallback_counts = [0] * len(blocks)
+        self.recomputed_total = 0
+        self._last_counts: dict[str, int] = {}
         self.backwards = 0
 
     def configure(self, **options: Any) -> None:
@@ -98,10 +100,10 @@ class RevFFNForCausalLM(nn.Module):
         """The adapters and new norms a conversion added (stage 1 of the two-stage schedule trains these)."""
         return [(n, p) for n, p in self.named_parameters() if set(n.split(".")) & set(NEW_MODULES)]
 
-    def forward(self, input_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                inputs_embeds: torch.Tensor | None = None, output_router_logits: bool | None = None,
-                **kwargs: Any) -> MoeCausalLMOutputWithPast:
+    def _final_hidden(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
+                      position_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(the final-norm hidden state, the router logits of every MoE layer)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         embeds = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
@@ -110,21 +112,40 @@ class RevFFNForCausalLM(nn.Module):
         inputs = StackInputs(self.model.rotary_emb(embeds, position_ids),
                              causal_masks(self.config, embeds, attention_mask, position_ids))
         hidden, router_logits = self._stack(embeds, inputs)
-        logits = self.lm_head(self.model.norm(hidden.to(embeds.dtype)))
-        loss = None
-        if labels is not None:
-            loss = ForCausalLMLoss(logits, labels, self.config.vocab_size, **kwargs)
+        return self.model.norm(hidden.to(embeds.dtype)), router_logits
+
+    def _aux_loss(self, router_logits: list[torch.Tensor], attention_mask: torch.Tensor | None,
+                  output_router_logits: bool | None) -> torch.Tensor | None:
+        """The family's load-balancing loss (unscaled), exactly as the HF causal LM computes it; None when off."""
         if output_router_logits is None:
             output_router_logits = self.config.output_router_logits
-        aux_loss = None
-        if output_router_logits and router_logits:
+        if not (output_router_logits and router_logits):
+            return None
+        return self.ops.load_balancing_loss(tuple(router_logits), num_experts(self.config),
+                                            self.config.num_experts_per_tok, attention_mask)
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(the final-norm hidden state that goes into lm_head, router_aux_loss_coef * load-balancing loss or
+        None when output_router_logits is off): what a chunked loss needs instead of the logits."""
+        hidden, router_logits = self._final_hidden(input_ids, attention_mask, position_ids)
+        aux = self._aux_loss(router_logits, attention_mask, None)
+        return hidden, None if aux is None else self.config.router_aux_loss_coef * aux
+
+    def forward(self, input_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                inputs_embeds: torch.Tensor | None = None, output_router_logits: bool | None = None,
+                **kwargs: Any) -> MoeCausalLMOutputWithPast:
+        hidden, router_logits = self._final_hidden(input_ids, attention_mask, position_ids, inputs_embeds)
+        logits = self.lm_head(hidden)
+        loss = None if labels is None else ForCausalLMLoss(logits, labels, self.config.vocab_size, **kwargs)
+        aux_loss = self._aux_loss(router_logits, attention_mask, output_router_logits)
+        if aux_loss is not None and loss is not None:
             # Exactly what the HF causal LM adds: the family's load-balancing loss times the coefficient.
-            aux_loss = self.ops.load_balancing_loss(tuple(router_logits), num_experts(self.config),
-                                                    self.config.num_experts_per_tok, attention_mask)
-            if loss is not None:
-                loss = loss + self.config.router_aux_loss_coef * aux_loss.to(loss.device)
+            loss = loss + self.config.router_aux_loss_coef * aux_loss.to(loss.device)
+        keep_logits = output_router_logits if output_router_logits is not None else self.config.output_router_logits
         return MoeCausalLMOutputWithPast(loss=loss, aux_loss=aux_loss, logits=logits,
-                                         router_logits=tuple(router_logits) if output_router_logits else None)
+                                         router_logits=tuple(router_logits) if keep_logits else None)
 
     def _stack(self, embeds: torch.Tensor, inputs: StackInputs) -> tuple[torch.Tensor, list[torch.Tensor]]:
         blocks = list(self.model.layers)
@@ -139,12 +160,14 @@ class RevFFNForCausalLM(nn.Module):
                     logits.append(tap.logits)
             return torch.cat([x1, x2], dim=-1), logits
         run = StackRun(blocks, self.options, inputs, AutocastState.capture(embeds.device.type),
-                       list(self.model.layers.parameters()), self._record_stats)
+                       list(self.model.layers.parameters()), self._record_stats,
+                       projection=sketch_projection(embeds.shape[-1], self.options.sketch_dim, embeds.device))
         out, *logits = ReversibleStack.apply(run, embeds, *run.params)
         return out, logits
 
-    def _record_stats(self, stats: list[LayerStats]) -> None:
-        self._last_stats = stats
+    def _record_stats(self, stats: list[LayerStats], counts: dict[str, int]) -> None:
+        self._last_stats, self._last_counts = stats, counts
+        self.recomputed_total += counts["recomputed_layer_forwards"]
         self.backwards += 1
         for s in stats:
             self.fallback_counts[s.layer] += int(s.fallback)
@@ -170,4 +193,10 @@ class RevFFNForCausalLM(nn.Module):
             "fallbacks_per_layer": list(self.fallback_counts),
             # Tokens whose recomputed top-k differed from the forward's (replayed unless replay_routing=False).
             "routing_flips": sum(s.routing_flips or 0 for s in stats),
+            "worst_sketch_error": max((s.sketch_error for s in stats if s.sketch_error is not None), default=None),
+            # The O(L) fallback: layers below a fallback take their exact inputs from its one recompute.
+            "layers_from_cache_last_backward": sum(s.from_cache for s in stats),
+            "recomputed_layer_forwards_last_backward": self._last_counts.get("recomputed_layer_forwards", 0),
+            "recomputed_layer_forwards_total": self.recomputed_total,
+            "fallback_bytes_kept_last_backward": self._last_counts.get("fallback_bytes_kept", 0),
         }

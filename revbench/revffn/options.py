@@ -46,6 +46,11 @@ class RevFFNOptions:
     replay_routing: reuse the forward's expert choices when recomputing; False is only for ablations.
     verify: also keep every layer's input in forward and report the true reconstruction error (tests only:
         it costs one hidden state per layer).
+    sketch_dim: numbers per token of the random projection of each layer's input kept in forward (float32,
+        sketch_dim / d of a hidden state per layer) and compared with the rebuilt input's in backward; it sees
+        error inherited from the layers above, which the output residual cannot. 0 turns it off.
+    sketch_tol: per-token relative tolerance of the sketch; None means 8 * tol (errors add up over layers,
+        and a 4-number projection scatters the measured error by a few times).
     """
 
     coupling: str = "cross"
@@ -60,6 +65,8 @@ class RevFFNOptions:
     fallback: str = "recompute"
     replay_routing: bool = True
     verify: bool = False
+    sketch_dim: int = 4
+    sketch_tol: float | None = None
 
     def __post_init__(self) -> None:
         for name, choices in (("coupling", COUPLINGS), ("mode", MODES), ("adapters", ADAPTER_LAYOUTS),
@@ -72,6 +79,10 @@ class RevFFNOptions:
             raise ValueError(f"RevFFN option max_iters must be >= 1, got {self.max_iters}")
         if self.tol is not None and not self.tol > 0:
             raise ValueError(f"RevFFN option tol must be > 0, got {self.tol}")
+        if self.sketch_dim < 0:
+            raise ValueError(f"RevFFN option sketch_dim must be >= 0, got {self.sketch_dim}")
+        if self.sketch_tol is not None and not self.sketch_tol > 0:
+            raise ValueError(f"RevFFN option sketch_tol must be > 0, got {self.sketch_tol}")
         if not self.init_scale > 0:
             raise ValueError(f"RevFFN option init_scale must be > 0, got {self.init_scale}")
 
@@ -91,7 +102,11 @@ class RevFFNOptions:
     def tolerance(self, compute_dtype: torch.dtype) -> float:
         return self.tol if self.tol is not None else 8 * torch.finfo(compute_dtype).eps
 
+    def sketch_tolerance(self, tol: float) -> float:
+        return self.sketch_tol if self.sketch_tol is not None else 8 * tol
+
 
 OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in fields(RevFFNOptions))
 # Options read at every forward/backward; the rest are built into the blocks by `convert`.
-RUNTIME_OPTIONS: tuple[str, ...] = ("mode", "tol", "max_iters", "solver", "fallback", "replay_routing", "verify")
+RUNTIME_OPTIONS: tuple[str, ...] = ("mode", "tol", "max_iters", "solver", "fallback", "replay_routing", "verify",
+                                     "sketch_dim", "sketch_tol")

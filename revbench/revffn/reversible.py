@@ -1,8 +1,8 @@
 """Backprop over the whole decoder stack without per-layer activations: one autograd.Function.
 
-Forward (under no_grad) keeps the stack output, per layer the routing indices (and RNG snapshots of
-random branches), and, only for fallback="recompute", the stack input. Backward walks the layers in
-reverse, each reconstructed and backpropagated by `inverse.layer_backward`, with the forward's autocast
+Forward (under no_grad) keeps the stack output, per layer the routing indices, a per-token sketch of its input
+(and RNG snapshots of random branches), and, only for fallback="recompute", the stack input. Backward walks the
+layers in reverse, each reconstructed and backpropagated by `inverse.layer_backward`, with the forward's autocast
 state re-entered.
 
 Gradients are returned through the Function, not accumulated into .grad behind autograd's back, so
@@ -17,7 +17,7 @@ import torch
 
 from revbench.revffn.inverse import layer_backward
 from revbench.revffn.replay import BranchRng
-from revbench.revffn.stack import LayerRecord, LayerStats, StackRun, run_forward, split
+from revbench.revffn.stack import FallbackCache, LayerRecord, LayerStats, StackRun, run_forward, split
 
 
 class ReversibleStack(torch.autograd.Function):
@@ -38,6 +38,7 @@ class ReversibleStack(torch.autograd.Function):
         out, hidden = ctx.saved_tensors
         for rec in run.records:
             rec.rng.replaying = True
+        run.cache = FallbackCache()
         grads: dict[int, torch.Tensor] = {}
         y = split(out.detach())
         g = split(grad_out if grad_out is not None else torch.zeros_like(out))
@@ -50,6 +51,7 @@ class ReversibleStack(torch.autograd.Function):
                     grads[key] = grad if key not in grads else grads[key] + grad
                 y, g = layer.x, layer.grad_x
                 stats.append(layer.stats)
-        run.on_stats(stats[::-1])
+        run.on_stats(stats[::-1], run.cache.counts())
+        run.cache = FallbackCache()  # free what the fallbacks kept
         grad_hidden = torch.cat(g, dim=-1).to(ctx.hidden_dtype) if ctx.needs_input_grad[1] else None
         return (None, grad_hidden, *(grads.get(id(p)) for p in run.params))
