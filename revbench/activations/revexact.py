@@ -18,8 +18,6 @@ from revbench.revexact import OPTION_NAMES, convert
 class RevExact(Activations):
     name = "revexact"
     option_names = OPTION_NAMES
-    not_estimable = ("the integer streams' range check and the per-layer checksums read tensor values, which fake "
-                     "tensors do not have")
 
     def build(self, model: nn.Module) -> nn.Module:
         return convert(model, **{k: v for k, v in self.spec.options.items() if k in OPTION_NAMES})

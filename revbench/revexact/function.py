@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 from revbench.revexact.sidebits import unpack
 from revbench.revexact.stack import LayerRecord, LayerStats, StackRun, integer_forward
@@ -63,7 +64,8 @@ class ExactReversibleStack(torch.autograd.Function):
                 else:
                     x_prev = run.grid.invert(x_next, q, unpack(rec.side))
                     rec.side = None  # used once: free it as the backward goes down
-                    ok = bool(torch.equal(run.checksum(x_prev), rec.checksum))
+                    # Fake tensors (an estimate) have no values to compare: they take the exact path.
+                    ok = is_fake(x_prev) or bool(torch.equal(run.checksum(x_prev), rec.checksum))
                     if not ok:
                         cache = _recompute(run, n, embeds, counts)
                         x_prev = cache[n - 1]
@@ -97,7 +99,7 @@ def _layer_vjp(run: StackRun, n: int, x: torch.Tensor, b: torch.Tensor, grad_log
     for p, grad in zip(wanted, result[1:], strict=True):
         if grad is not None:
             grads[id(p)] = grad if id(p) not in grads else grads[id(p)] + grad
-    flips = None if tap.flips is None else int(tap.flips.item())
+    flips = None if tap.flips is None or is_fake(tap.flips) else int(tap.flips.item())
     return q, result[0], flips
 
 

@@ -15,6 +15,7 @@ is integer arithmetic, exact whatever the rounding inside the layer, provided z_
 from __future__ import annotations
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 # Stream magnitudes stay below 2^30 grid units: adding (t >> k) < 2^29 to a value below 2^30 cannot wrap int32.
 LIMIT = 2**30
@@ -36,7 +37,7 @@ class Grid:
         """Q[z] as int32, after checking that it fits (a clear error names the layer, the value and the range)."""
         scaled = torch.floor(z.float() * self.scale) if z.dtype != torch.float64 else torch.floor(z * self.scale)
         worst = scaled.abs().max()
-        if not bool(worst < LIMIT):  # also catches inf and nan
+        if not is_fake(worst) and not bool(worst < LIMIT):  # also catches inf and nan; an estimate has no values
             raise GridOverflowError(
                 f"{where}: a stream value of {float(worst) / self.scale:.4g} does not fit the grid: with "
                 f"grid_bits={self.grid_bits} the streams hold |x| < 2^30 * 2^-{self.grid_bits} = "
@@ -56,7 +57,7 @@ class Grid:
         """(x_{n+1}, side_n) from x_{n-1} and Q[z_n]."""
         t = -x_prev
         x_next = (t >> self.side_bits) + q
-        if not bool(x_next.abs().max() < LIMIT):
+        if not is_fake(x_next) and not bool(x_next.abs().max() < LIMIT):
             raise GridOverflowError(f"{where}: the stream left the grid's range |x| < {LIMIT / self.scale:.6g} "
                                     f"(grid_bits={self.grid_bits}); convert with a smaller grid_bits")
         return x_next, (t & self.mask).to(torch.uint8)

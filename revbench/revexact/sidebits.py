@@ -9,14 +9,6 @@ from dataclasses import dataclass
 
 import torch
 
-_WEIGHTS: dict[torch.device, torch.Tensor] = {}
-
-
-def _weights(device: torch.device) -> torch.Tensor:
-    if device not in _WEIGHTS:
-        _WEIGHTS[device] = torch.tensor([1 << b for b in range(8)], dtype=torch.uint8, device=device)
-    return _WEIGHTS[device]
-
 
 @dataclass
 class PackedBits:
@@ -34,7 +26,8 @@ def pack(side: torch.Tensor, bits: int) -> PackedBits:
     pad = (-flat.numel()) % 8
     if pad:
         flat = torch.cat([flat, flat.new_zeros(pad)])
-    weights = _weights(side.device)
+    # Made per call, not cached: a cached tensor would outlive the fake-tensor mode of an estimate.
+    weights = torch.tensor([1 << b for b in range(8)], dtype=torch.uint8, device=side.device)
     planes = torch.stack([(((flat >> b) & 1).view(-1, 8) * weights).sum(-1, dtype=torch.uint8)
                           for b in range(bits)])
     return PackedBits(planes, side.shape)
