@@ -23,9 +23,13 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from revbench.estimate.meta_build import fake_method_from_meta
+from revbench.estimate.zero_step import zero_step
 from revbench.measure.categories import TensorBytes
 from revbench.measure.storage_tracker import measure_peak_bytes_tracked
 from revbench.methods import Method, TrainSpec, create_method, method_class
+from revbench.methods.deepspeed_zero import DeepSpeedZero
+from revbench.methods.lora import Lora
 from revbench.models.zoo import parse_dtype
 
 TARGETS = ("cuda", "cpu")
@@ -88,7 +92,8 @@ def unpacked_sequences() -> Iterator[None]:
 
 @dataclass
 class Estimate:
-    """One method's estimated peak, or why there is none."""
+    """One method's estimated peak, or why there is none. `tensor_bytes` is what the device holds at its peak;
+    `host_bytes` what the method keeps in host memory (DeepSpeed offload), None where it keeps nothing there."""
 
     method: str
     status: str  # "ok", "not estimable" or "error"
@@ -96,16 +101,25 @@ class Estimate:
     reason: str | None = None
     seconds: float = 0.0
     parameters: int | None = None  # the model's parameter count, trainable or not
+    host_bytes: TensorBytes | None = None
 
     @property
     def peak_bytes(self) -> int | None:
+        """The device peak."""
         return self.tensor_bytes.total if self.tensor_bytes else None
+
+    @property
+    def host_peak_bytes(self) -> int | None:
+        if self.tensor_bytes is None:
+            return None
+        return self.host_bytes.total if self.host_bytes else 0
 
     def to_dict(self) -> dict[str, Any]:
         categories = {k: v for k, v in self.tensor_bytes.to_dict().items() if k not in ("method", "total")} \
             if self.tensor_bytes else {}
-        return {"method": self.method, "status": self.status, "peak_bytes": self.peak_bytes, **categories,
-                "parameters": self.parameters, "reason": self.reason, "seconds": round(self.seconds, 2)}
+        return {"method": self.method, "status": self.status, "peak_bytes": self.peak_bytes,
+                "host_peak_bytes": self.host_peak_bytes, **categories, "parameters": self.parameters,
+                "reason": self.reason, "seconds": round(self.seconds, 2)}
 
 
 def target_spec(spec: TrainSpec, target: str) -> TrainSpec:
@@ -135,13 +149,20 @@ def pin_device_defaults(method: Method, target: str) -> None:
             group["foreach"] = True
 
 
+def _shim(spec: TrainSpec) -> contextlib.AbstractContextManager:
+    """The grouped_mm shim costs a Python call per op; bf16 runs take torch's own meta kernel."""
+    return GroupedMMAnyDtype() if parse_dtype(spec.model.dtype) != torch.bfloat16 else contextlib.nullcontext()
+
+
 def _fake_step(name: str, spec: TrainSpec, target: str) -> tuple[TensorBytes, int]:
     shape = (spec.workload.batch, spec.workload.seq)
-    # The grouped_mm shim costs a Python call per op; bf16 runs take torch's own meta kernel.
-    shim = GroupedMMAnyDtype() if parse_dtype(spec.model.dtype) != torch.bfloat16 else contextlib.nullcontext()
-    with unpacked_sequences(), FakeTensorMode(), shim:
-        method = create_method(name, spec)
-        method.prepare()
+    mode = FakeTensorMode()
+    # PEFT cannot build on fake tensors: it builds on the meta device, whose tensors then become fake.
+    method = fake_method_from_meta(name, spec, mode) if issubclass(method_class(name), Lora) else None
+    with unpacked_sequences(), mode, _shim(spec):
+        if method is None:
+            method = create_method(name, spec)
+            method.prepare()
         parameters = sum(p.numel() for p in method.model.parameters())
         pin_device_defaults(method, target)
         method.zero_grad()
@@ -166,14 +187,20 @@ def _describe(exc: BaseException) -> str:
 def estimate_method(name: str, spec: TrainSpec, target: str = "cuda") -> Estimate:
     """Estimate the peak tensor bytes of one measured step of `name` on `spec` for device kind `target`."""
     start = time.perf_counter()
+    host_bytes = None
     try:
-        reason = method_class(name).not_estimable
-        if reason:
-            return Estimate(name, "not estimable", reason=reason)
-        tensor_bytes, parameters = _fake_step(name, target_spec(spec, target), target)
+        cls = method_class(name)
+        if issubclass(cls, DeepSpeedZero):
+            spec = target_spec(spec, target)
+            with unpacked_sequences():
+                tensor_bytes, host_bytes, parameters = zero_step(name, spec, _shim(spec))
+        elif cls.not_estimable and not issubclass(cls, Lora):
+            return Estimate(name, "not estimable", reason=cls.not_estimable)
+        else:
+            tensor_bytes, parameters = _fake_step(name, target_spec(spec, target), target)
     except (ImportError, RuntimeError, NotImplementedError, TypeError, AssertionError) as exc:
         # A method that is not installed or cannot run on fake tensors says why; a bad spec (ValueError)
         # still propagates.
         return Estimate(name, "error", reason=_describe(exc), seconds=time.perf_counter() - start)
     return Estimate(name, "ok", tensor_bytes=tensor_bytes, seconds=time.perf_counter() - start,
-                    parameters=parameters)
+                    parameters=parameters, host_bytes=host_bytes)

@@ -1,0 +1,94 @@
+"""Estimate a DeepSpeed ZeRO offload method: its model states from the layout model, its activations from a
+fake-tensor forward and backward of the same model, with DeepSpeed's gradient bucketing replayed.
+
+The model is the method's own (`method.build_model()`: the HF model, or RevFFN's reversible one), built and
+run under fake tensors without DeepSpeed. What DeepSpeed changes in that step is where each gradient goes
+as soon as autograd has accumulated it, in its gradient hook: `GradBuckets` replays those rules
+(stage_1_and_2.py `reduce_independent_p_g_buckets_and_remove_grads`, stage3.py
+`reduce_ready_partitions_and_remove_grads`), so the gradients live exactly as long as under DeepSpeed.
+The CPU Adam step runs on host buffers in place and adds nothing on the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from revbench.estimate.zero_layout import ParamLayout, ZeroLayout, zero_layout
+from revbench.measure.categories import TensorBytes
+from revbench.measure.storage_tracker import measure_peak_bytes_tracked
+from revbench.methods import TrainSpec, create_method
+from revbench.methods.deepspeed_zero import DeepSpeedZero, fill_config, load_config
+
+
+class GradBuckets:
+    """DeepSpeed's ipg bucket, as it decides when a gradient is freed.
+
+    A gradient that fits the bucket is copied into the bucket's preallocated buffer (counted in the layout),
+    so its own storage is freed at once. A larger one keeps its storage (ZeRO-2 offload first clones it, for
+    stream safety) until the bucket is next reduced, when it is copied to the host and dropped.
+    """
+
+    def __init__(self, stage: int, size: int) -> None:
+        self.stage, self.size = stage, size
+        self.elements = 0
+        self.pending: list[torch.nn.Parameter] = []
+
+    def reduce(self) -> None:
+        for param in self.pending:
+            param.grad = None
+        self.pending.clear()
+        self.elements = 0
+
+    def __call__(self, param: torch.nn.Parameter) -> None:
+        n = param.numel()
+        if self.elements + n > self.size and (self.elements > 0 or self.stage == 2):
+            self.reduce()
+        if self.elements + n <= self.size and (self.stage == 3 or n <= self.size):
+            param.grad = None  # now a view of the bucket buffer, which the layout counts
+        else:
+            if self.stage == 2:
+                param.grad = param.grad.clone()  # `_offload_gradient_safety_enabled`: an independent storage
+            self.pending.append(param)
+        self.elements += n
+
+
+def zero_config(method: DeepSpeedZero, model: torch.nn.Module) -> dict[str, Any]:
+    """The config DeepSpeed would be given: the method's file, filled in by the method's own rules."""
+    config = load_config(method.config_path, method.stage, method.offload_param)
+    return fill_config(config, method.spec.workload.batch, next(model.parameters()).dtype, model.config.hidden_size)
+
+
+def zero_step(name: str, spec: TrainSpec, shim: Any) -> tuple[TensorBytes, TensorBytes, int]:
+    """(device bytes, host bytes, parameter count) of one step of ZeRO offload method `name`."""
+    method = create_method(name, spec)
+    assert isinstance(method, DeepSpeedZero), f"{name} is not a DeepSpeed ZeRO method"
+    shape = (spec.workload.batch, spec.workload.seq)
+    with FakeTensorMode(), shim:
+        model = method.build_model().train()
+        zero = zero_config(method, model)["zero_optimization"]
+        layout: ZeroLayout = zero_layout(method.stage, ParamLayout.of(model), zero)
+        buckets = GradBuckets(method.stage, int(zero["reduce_bucket_size"]))
+        handles = [p.register_post_accumulate_grad_hook(buckets) for p in model.parameters() if p.requires_grad]
+
+        def step() -> None:
+            input_ids = torch.zeros(shape, dtype=torch.long)
+            model(input_ids=input_ids, labels=input_ids).loss.backward()
+            buckets.reduce()  # the end of backward reduces what is left in the bucket
+
+        _, tracked = measure_peak_bytes_tracked(step, lambda: {"params": [*model.parameters(), *model.buffers()]})
+        for handle in handles:
+            handle.remove()
+        parameters = sum(p.numel() for p in model.parameters())
+    # The whole fake parameters stand in for what DeepSpeed holds of them on the device: ZeRO-2's flat buffer
+    # (the layout's device params) or ZeRO-3's persistent parameters plus its gathered working set. ZeRO-3's
+    # working set is added at its largest to the activations' peak, though the two need not peak together,
+    # and ZeRO-2's gradient workspace likewise: both make the device figure an upper bound.
+    device = replace(layout.device, params=layout.device.params + layout.gathered,
+                     activations=tracked.activations + layout.workspace,
+                     method=f"ZeRO-{method.stage} layout + fake-tensor activations (device)")
+    return device, layout.host, parameters
+
