@@ -1,4 +1,4 @@
-"""`revbench estimate`: peak memory per method from fake tensors: will it fit, and at what batch?"""
+"""`revbench estimate`: peak device and host memory per method without the hardware: will it fit, and at what size?"""
 
 from __future__ import annotations
 
@@ -6,36 +6,45 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
 from revbench.data import Workload
-from revbench.estimate import AXES, TARGETS, Estimate, Fit, estimate_method, fit_method, format_bytes, parse_bytes
+from revbench.estimate import AXES, TARGETS, Estimate, Fit, Sessions, fit_method, format_bytes, parse_bytes
 from revbench.methods import METHODS, TrainSpec
-from revbench.models import PRESETS, ModelSpec
+from revbench.models import PRESETS, ModelSpec, build_config
 from revbench.models.zoo import parse_dtype
+
+FIT_CHOICES = ("both", *AXES)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
-        "estimate", help="estimate peak memory per method without allocating (fake tensors); find what fits",
+        "estimate", help="estimate peak device and host memory per method without allocating; find what fits",
         description="Runs each method's real training step on fake tensors (no memory is allocated) and reports "
-        "the peak tensor bytes of the measured (second) step by category. Kernel workspaces, the CUDA context "
-        "and allocator fragmentation are not tensors: leave headroom under the GPU's capacity.")
-    parser.add_argument("--model", required=True, help=f"model preset: {', '.join(PRESETS)}")
+        "the peak tensor bytes of the measured (second) step by category. DeepSpeed's offload methods, which "
+        "cannot run on fake tensors, are estimated from a model of DeepSpeed's buffers plus a fake-tensor forward "
+        "and backward, with a device and a host figure. Kernel workspaces, the CUDA context and allocator "
+        "fragmentation are not tensors: leave headroom under the GPU's capacity.")
+    parser.add_argument("--model", required=True, metavar="PRESET|PATH",
+                        help=f"a preset ({', '.join(PRESETS)}) or a local Hugging Face config.json "
+                        "(or a directory holding one) of a supported family")
     parser.add_argument("--method", default="all",
                         help=f"comma-separated methods, or all (default): {', '.join(METHODS)}")
     parser.add_argument("--batch", type=int, default=Workload.batch)
     parser.add_argument("--seq", type=int, default=Workload.seq)
-    parser.add_argument("--layers", type=int, default=None, help="override the preset's number of layers")
+    parser.add_argument("--layers", type=int, default=None, help="override the model's number of layers")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 for cuda, fp32 for cpu), bf16, fp32, ...")
     parser.add_argument("--device", choices=TARGETS, default="cuda",
                         help="the device kind whose code path is estimated (default cuda)")
     parser.add_argument("--budget", type=parse_bytes, default=None, metavar="SIZE",
-                        help="memory budget, e.g. 80GiB or 141GB: says which methods fit")
-    parser.add_argument("--fit", nargs="?", const="batch", choices=AXES, default=None,
-                        help="find per method the largest batch (default) or seq under --budget")
-    parser.add_argument("--json", action="store_true", help="print one JSON object per method")
+                        help="device memory budget, e.g. 80GiB or 141GB: says which methods fit")
+    parser.add_argument("--fit", nargs="?", const="both", choices=FIT_CHOICES, default=None,
+                        help="find per method the largest batch (at --seq) and the largest seq (at --batch) under "
+                        "--budget; give batch or seq for one of them")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per method, all with the same keys")
     parser.set_defaults(handler=handle)
 
 
@@ -51,72 +60,105 @@ def _progress(message: str) -> None:
     print(f"  {message}", file=sys.stderr, flush=True)
 
 
-def estimate_table(estimates: list[Estimate], budget: int | None) -> pd.DataFrame:
-    rows = []
-    for e in estimates:
-        tb = e.tensor_bytes
-        row = {"method": e.method, "peak": format_bytes(e.peak_bytes)}
+@dataclass
+class Row:
+    """One method's answer: the estimate at the given size, and the fits when asked for."""
+
+    estimate: Estimate
+    fits: dict[str, Fit]
+    seconds: float
+
+
+def json_row(context: dict[str, Any], row: Row, budget: int | None) -> dict[str, Any]:
+    e, device, host = row.estimate, row.estimate.tensor_bytes, row.estimate.host_bytes
+    out = {**context, "method": e.method, "status": e.status, "device_peak_bytes": e.peak_bytes,
+           "host_peak_bytes": e.host_peak_bytes}
+    for category in ("params", "grads", "optimizer", "activations"):
+        out[category] = getattr(device, category) if device else None
+    for category in ("params", "grads", "optimizer"):
+        out[f"host_{category}"] = (getattr(host, category) if host else 0) if device else None
+    out["parameters"] = e.parameters
+    out["budget_bytes"] = budget
+    out["fits"] = None if budget is None or e.peak_bytes is None else e.peak_bytes <= budget
+    for axis in AXES:
+        fit = row.fits.get(axis)
+        out[f"largest_{axis}"] = fit.largest if fit else None
+        out[f"largest_{axis}_capped"] = fit.capped if fit else None
+    out["reason"] = e.reason
+    out["seconds"] = round(row.seconds, 2)
+    return out
+
+
+def _largest(fit: Fit | None) -> str:
+    if fit is None or fit.reason:
+        return "-"
+    return "none" if fit.largest is None else f"{fit.largest}{'+' if fit.capped else ''}"
+
+
+def table(rows: list[Row], budget: int | None, batch: int, seq: int) -> pd.DataFrame:
+    out = []
+    for row in rows:
+        e, device = row.estimate, row.estimate.tensor_bytes
+        line = {"method": e.method, "device peak": format_bytes(e.peak_bytes),
+                "host": "-" if device is None else format_bytes(e.host_peak_bytes) if e.host_peak_bytes else "0"}
         for category in ("params", "grads", "optimizer", "activations"):
-            row[category] = format_bytes(getattr(tb, category)) if tb else "-"
+            line[category] = format_bytes(getattr(device, category)) if device else "-"
         if budget is not None:
-            row[f"fits {format_bytes(budget)}"] = "-" if tb is None else ("yes" if tb.total <= budget else "no")
-        row["seconds"] = f"{e.seconds:.1f}" if e.status != "not estimable" else "-"
-        row["note"] = e.reason or ""
-        rows.append(row)
-    return pd.DataFrame(rows).set_index("method")
+            line["fits"] = "-" if device is None else ("yes" if e.peak_bytes <= budget else "no")
+        if "batch" in row.fits:
+            line[f"max batch @ seq {seq}"] = _largest(row.fits["batch"])
+        if "seq" in row.fits:
+            line[f"max seq @ batch {batch}"] = _largest(row.fits["seq"])
+        line["s"] = f"{row.seconds:.1f}"
+        line["note"] = e.reason or ""
+        out.append(line)
+    return pd.DataFrame(out).set_index("method")
 
 
-def fit_table(fits: list[Fit]) -> pd.DataFrame:
-    rows = []
-    for f in fits:
-        over = min((n for n in f.probes if f.largest is None or n > f.largest), default=None)
-        largest = "-" if f.reason else ("none" if f.largest is None else f"{f.largest}{'+' if f.capped else ''}")
-        rows.append({"method": f.method, f"largest {f.axis}": largest, "peak there": format_bytes(f.peak_bytes),
-                     "next size": "-" if over is None else f"{over}: {format_bytes(f.probes[over])}",
-                     "probes": len(f.probes), "seconds": f"{f.seconds:.1f}", "note": f.reason or ""})
-    return pd.DataFrame(rows).set_index("method")
+def estimate_row(name: str, sessions: Sessions, spec: TrainSpec, args: argparse.Namespace) -> Row:
+    start = time.perf_counter()
+    estimate = sessions.estimate(name, args.batch, args.seq)
+    fits: dict[str, Fit] = {}
+    if args.fit and estimate.status == "ok":
+        for axis in AXES if args.fit == "both" else (args.fit,):
+            seed = {getattr(args, axis): estimate.peak_bytes}  # the given size is a probe already made
+            fits[axis] = fit_method(name, spec, args.budget, axis, args.device, progress=_progress, probes=seed,
+                                    sessions=sessions)
+    return Row(estimate, fits, time.perf_counter() - start)
 
 
 def handle(args: argparse.Namespace) -> int:
     names = _methods(args.method)
     if args.fit and args.budget is None:
         raise ValueError("--fit needs --budget, e.g. --budget 80GiB")
-    spec = TrainSpec(model=ModelSpec(args.model, layers=args.layers, dtype=args.dtype),
-                     workload=Workload(batch=args.batch, seq=args.seq, data="synthetic"))
-    context = {"model": args.model, "layers": args.layers, "dtype": args.dtype, "device": args.device,
-               "batch": args.batch, "seq": args.seq}
+    model = ModelSpec(args.model, layers=args.layers, dtype=args.dtype)
+    spec = TrainSpec(model=model, workload=Workload(batch=args.batch, seq=args.seq, data="synthetic"))
+    dtype = str(parse_dtype(args.dtype, args.device)).removeprefix("torch.")
+    layers = build_config(model).num_hidden_layers
+    context = {"model": args.model, "layers": layers, "dtype": dtype, "device": args.device, "batch": args.batch,
+               "seq": args.seq}
     start = time.perf_counter()
-    results: list[Estimate | Fit] = []
+    sessions = Sessions(spec, args.device)
+    rows = []
     for name in names:
         _progress(f"estimating {name} ...")
-        if args.fit:
-            results.append(fit_method(name, spec, args.budget, args.fit, args.device, progress=_progress))
-        else:
-            results.append(estimate_method(name, spec, args.device))
-            _progress(f"{name}: {results[-1].status} in {results[-1].seconds:.1f} s")
+        rows.append(estimate_row(name, sessions, spec, args))
+        _progress(f"{name}: {rows[-1].estimate.status} in {rows[-1].seconds:.1f} s")
     wall = time.perf_counter() - start
     if args.json:
-        for result in results:
-            row = {**context, **result.to_dict()}
-            if isinstance(result, Estimate) and args.budget is not None:
-                row["fits"] = None if result.peak_bytes is None else result.peak_bytes <= args.budget
-            print(json.dumps(row))
+        for row in rows:
+            print(json.dumps(json_row(context, row, args.budget)))
         return 0
-    parameters = next((r.parameters for r in results if isinstance(r, Estimate) and r.parameters), None)
-    layers = f" with {args.layers} layers" if args.layers else ""
-    about = f"{args.model}{layers}" + (f" ({parameters:,} parameters)" if parameters else "")
-    dtype = str(parse_dtype(args.dtype, args.device)).removeprefix("torch.")
-    if args.fit:
-        fixed = f"seq {args.seq}" if args.fit == "batch" else f"batch {args.batch}"
-        print(f"Largest {args.fit} at {fixed} whose estimated peak fits {format_bytes(args.budget)} "
-              f"({args.budget:,} bytes): {about}, {dtype}, {args.device} code path")
-        print(fit_table(results).to_markdown())
-    else:
-        print(f"Estimated peak tensor bytes of one training step after a warm-up step: {about}, "
-              f"batch {args.batch} x seq {args.seq}, {dtype}, {args.device} code path")
-        print(estimate_table(results, args.budget).to_markdown())
+    parameters = next((r.estimate.parameters for r in rows if r.estimate.parameters), None)
+    about = f"{args.model}, {layers} layers" + (f", {parameters / 1e9:.2f}B parameters" if parameters else "")
+    budget = f", budget {format_bytes(args.budget)}" if args.budget is not None else ""
+    print(f"Estimated peak memory of one training step after a warm-up step: {about}, batch {args.batch} x seq "
+          f"{args.seq}, {dtype}, {args.device} code path{budget}")
+    print(table(rows, args.budget, args.batch, args.seq).to_markdown())
     adamw = ("AdamW's multi-tensor (foreach) path, as torch takes it on CUDA" if args.device == "cuda"
              else "AdamW's per-parameter loop, as torch takes it on CPU")
-    print(f"Wall time {wall:.1f} s. Fake tensors run on the CPU device; byte counts are device-independent up to "
-          f"allocator rounding (CUDA rounds each block up to 512 B); the {args.device} code path takes {adamw}.")
+    print(f"Categories are the device's. host: what DeepSpeed offload keeps in host memory (fp32 master weights, "
+          f"gradients, Adam states). Wall time {wall:.1f} s. Fake tensors run on the CPU device; byte counts are "
+          f"device-independent up to allocator rounding (CUDA rounds each block up to 512 B); the {args.device} "
+          f"code path takes {adamw}.")
     return 0

@@ -1,9 +1,10 @@
 """The largest batch or sequence length whose estimated peak fits a memory budget.
 
-Each probe is a full fake-tensor step (`estimate_method`), never a formula: the search only chooses
-which sizes to probe. Peak bytes grow with batch and sequence length, so the answer is the size `n`
-with peak(n) <= budget < peak(n + 1), both probed. The search grows until a probe fails, then narrows
-the bracket by linear interpolation (the peak is piecewise affine in either size), bisecting when that stalls.
+Each probe is a full step of the method's estimate session (fake tensors, or DeepSpeed's layout model plus
+fake-tensor activations), never a formula: the search only chooses which sizes to probe. Peak bytes grow
+with batch and sequence length, so the answer is the size `n` with peak(n) <= budget < peak(n + 1), both
+probed. The search grows until a probe fails, then narrows the bracket by linear interpolation (the peak
+is piecewise affine in either size), bisecting when that stalls.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from revbench.estimate.fake_step import Estimate, estimate_method
+from revbench.estimate.session import Estimate, Sessions
 from revbench.methods import TrainSpec
 from revbench.models.zoo import build_config
 
@@ -53,6 +54,7 @@ class Fit:
     reason: str | None = None  # set when the method could not be estimated
     probes: dict[int, int] = field(default_factory=dict)  # size -> peak bytes
     seconds: float = 0.0
+    host_bytes: int | None = None  # host memory the method needs (DeepSpeed offload; 0 for the others)
 
     @property
     def peak_bytes(self) -> int | None:
@@ -61,7 +63,8 @@ class Fit:
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "axis": self.axis, "budget_bytes": self.budget_bytes,
                 "largest": self.largest, "peak_bytes": self.peak_bytes, "capped": self.capped,
-                "reason": self.reason, "probes": {str(k): v for k, v in sorted(self.probes.items())},
+                "host_bytes": self.host_bytes, "reason": self.reason,
+                "probes": {str(k): v for k, v in sorted(self.probes.items())},
                 "seconds": round(self.seconds, 2)}
 
 
@@ -124,20 +127,23 @@ def search_largest(peak_at: Callable[[int], int], budget: int, start: int, cap: 
 
 def fit_method(name: str, spec: TrainSpec, budget: int, axis: str = "batch", target: str = "cuda",
                cap: int | None = None, progress: Callable[[str], None] | None = None,
-               probes: dict[int, int] | None = None) -> Fit:
+               probes: dict[int, int] | None = None, sessions: Sessions | None = None) -> Fit:
     """Find the largest batch (at the spec's seq) or seq (at its batch) of `name` under `budget` bytes.
-    `probes` carries earlier probes of the same method, spec and axis in, and this search's out."""
+    `probes` carries earlier probes of the same method, spec and axis in, and this search's out; `sessions`
+    (of the same spec and target) shares the built methods between searches."""
     if axis not in AXES:
         raise ValueError(f"unknown fit axis {axis!r}; choose one of {', '.join(AXES)}")
     if cap is None:  # sequences stop at the model's positions; batches at a size no GPU holds
         cap = build_config(spec.model).max_position_embeddings if axis == "seq" else 4096
     result = Fit(name, axis, budget)
     failure: list[Estimate] = []
+    sessions = sessions or Sessions(spec, target)
 
     def peak_at(n: int) -> int:
         workload = replace(spec.workload, **{axis: n})
-        estimate = estimate_method(name, replace(spec, workload=workload), target)
+        estimate = sessions.estimate(name, workload.batch, workload.seq)
         result.seconds += estimate.seconds
+        result.host_bytes = estimate.host_peak_bytes
         if progress:
             outcome = format_bytes(estimate.peak_bytes) if estimate.status == "ok" else estimate.status
             progress(f"{name}: {axis} {n} -> {outcome}")

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from revbench.estimate.fake_step import shim_for, target_spec, unpacked_sequences
 from revbench.estimate.zero_layout import ParamLayout, ZeroLayout, zero_layout
 from revbench.measure.categories import TensorBytes
 from revbench.measure.storage_tracker import measure_peak_bytes_tracked
@@ -62,33 +63,42 @@ def zero_config(method: DeepSpeedZero, model: torch.nn.Module) -> dict[str, Any]
     return fill_config(config, method.spec.workload.batch, next(model.parameters()).dtype, model.config.hidden_size)
 
 
-def zero_step(name: str, spec: TrainSpec, shim: Any) -> tuple[TensorBytes, TensorBytes, int]:
-    """(device bytes, host bytes, parameter count) of one step of ZeRO offload method `name`."""
-    method = create_method(name, spec)
-    assert isinstance(method, DeepSpeedZero), f"{name} is not a DeepSpeed ZeRO method"
-    shape = (spec.workload.batch, spec.workload.seq)
-    with FakeTensorMode(), shim:
-        model = method.build_model().train()
-        zero = zero_config(method, model)["zero_optimization"]
-        layout: ZeroLayout = zero_layout(method.stage, ParamLayout.of(model), zero)
-        buckets = GradBuckets(method.stage, int(zero["reduce_bucket_size"]))
-        handles = [p.register_post_accumulate_grad_hook(buckets) for p in model.parameters() if p.requires_grad]
+class ZeroStep:
+    """A ZeRO offload method's model, built once on fake tensors with its layout, stepped at any batch and seq."""
 
-        def step() -> None:
-            input_ids = torch.zeros(shape, dtype=torch.long)
-            model(input_ids=input_ids, labels=input_ids).loss.backward()
-            buckets.reduce()  # the end of backward reduces what is left in the bucket
+    def __init__(self, name: str, spec: TrainSpec, target: str) -> None:
+        self.spec = target_spec(spec, target)
+        method = create_method(name, self.spec)
+        assert isinstance(method, DeepSpeedZero), f"{name} is not a DeepSpeed ZeRO method"
+        self.stage = method.stage
+        self.mode = FakeTensorMode()
+        self.shim = shim_for(self.spec)
+        with self.mode:
+            self.model = method.build_model().train()
+        self.parameters = sum(p.numel() for p in self.model.parameters())
+        zero = zero_config(method, self.model)["zero_optimization"]
+        self.layout: ZeroLayout = zero_layout(method.stage, ParamLayout.of(self.model), zero)
+        self.buckets = GradBuckets(method.stage, int(zero["reduce_bucket_size"]))
+        for p in self.model.parameters():
+            if p.requires_grad:
+                p.register_post_accumulate_grad_hook(self.buckets)
 
-        _, tracked = measure_peak_bytes_tracked(step, lambda: {"params": [*model.parameters(), *model.buffers()]})
-        for handle in handles:
-            handle.remove()
-        parameters = sum(p.numel() for p in model.parameters())
-    # The whole fake parameters stand in for what DeepSpeed holds of them on the device: ZeRO-2's flat buffer
-    # (the layout's device params) or ZeRO-3's persistent parameters plus its gathered working set. ZeRO-3's
-    # working set is added at its largest to the activations' peak, though the two need not peak together,
-    # and ZeRO-2's gradient workspace likewise: both make the device figure an upper bound.
-    device = replace(layout.device, params=layout.device.params + layout.gathered,
-                     activations=tracked.activations + layout.workspace,
-                     method=f"ZeRO-{method.stage} layout + fake-tensor activations (device)")
-    return device, layout.host, parameters
+    def _step(self, batch: int, seq: int) -> None:
+        input_ids = torch.zeros((batch, seq), dtype=torch.long)
+        self.model(input_ids=input_ids, labels=input_ids).loss.backward()
+        self.buckets.reduce()  # the end of backward reduces what is left in the bucket
 
+    def peak(self, batch: int, seq: int) -> tuple[TensorBytes, TensorBytes]:
+        """(device bytes, host bytes) at the peak of one step."""
+        with unpacked_sequences(), self.mode, self.shim:
+            _, tracked = measure_peak_bytes_tracked(
+                lambda: self._step(batch, seq), lambda: {"params": [*self.model.parameters(), *self.model.buffers()]})
+        # The whole fake parameters stand in for what DeepSpeed holds of them on the device: ZeRO-2's flat
+        # buffer (the layout's device params) or ZeRO-3's persistent parameters plus its gathered working set.
+        # ZeRO-3's working set is added at its largest to the activations' peak, though the two need not peak
+        # together, and ZeRO-2's gradient workspace likewise: both make the device figure an upper bound.
+        layout = self.layout
+        device = replace(layout.device, params=layout.device.params + layout.gathered,
+                         activations=tracked.activations + layout.workspace,
+                         method=f"ZeRO-{self.stage} layout + fake-tensor activations (device)")
+        return device, layout.host
