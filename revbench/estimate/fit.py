@@ -4,7 +4,8 @@ Each probe is a full step of the method's estimate session (fake tensors, or Dee
 fake-tensor activations), never a formula: the search only chooses which sizes to probe. Peak bytes grow
 with batch and sequence length, so the answer is the size `n` with peak(n) <= budget < peak(n + 1), both
 probed. The search grows until a probe fails, then narrows the bracket by linear interpolation (the peak
-is piecewise affine in either size), bisecting when that stalls.
+is piecewise affine in either size), probing each interpolated guess's neighbour at once, since on an affine
+stretch the guess is the answer; it bisects when interpolation stalls.
 """
 
 from __future__ import annotations
@@ -82,7 +83,11 @@ def _next_probe(probes: dict[int, int], lo: int, hi: int | None, budget: int, bi
     if bisect:
         return (lo + hi) // 2
     over = sorted(n for n in probes if probes[n] > budget)
-    if len(over) >= 2 and probes[over[1]] > probes[over[0]]:
+    if lo - 1 in probes and probes[lo] > probes[lo - 1]:
+        # The peak's slope at lo, from a neighbour pair: where the peak is affine, its line meets the budget
+        # at the answer; where it curves upward, past it, which tightens the bracket from above.
+        guess = lo + (budget - probes[lo]) // (probes[lo] - probes[lo - 1])
+    elif len(over) >= 2 and probes[over[1]] > probes[over[0]]:
         # Two sizes over the budget lie where activations set the peak, which is affine there: their
         # secant puts the crossing exactly, where the bracket's may cut across the flat part.
         a, b = over[0], over[1]
@@ -116,10 +121,16 @@ def search_largest(peak_at: Callable[[int], int], budget: int, start: int, cap: 
             return cap, True, probes
         n = min(_next_probe(probes, lo, hi, budget, bisect), cap)
         width = (hi or 2 * cap) - lo
+        bracketed = hi is not None
         if fits(n):
             lo = n
+            # An interpolated guess on an affine stretch lands on the answer: its neighbour proves it.
+            if bracketed and not bisect and n + 1 < hi:
+                lo, hi = (n + 1, hi) if fits(n + 1) else (lo, n + 1)
         else:
             hi = n
+            if bracketed and not bisect and n - 1 > lo:
+                lo, hi = (n - 1, hi) if fits(n - 1) else (lo, n - 1)
         # Interpolation can creep along one side of a curved peak: alternate with bisection when it does.
         bisect = hi is not None and (hi - lo) * 2 > width
     return lo, False, probes
