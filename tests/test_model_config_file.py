@@ -59,3 +59,14 @@ def test_unsupported_or_missing_configs_get_clear_errors(tmp_path: Path) -> None
         ModelSpec(str(tmp_path / "bad.json"))
     with pytest.raises(ValueError, match=r"unknown model preset 'nope'.*config\.json"):
         ModelSpec("nope")
+
+
+def test_estimate_command_takes_a_config_file(tmp_path: Path, capsys) -> None:
+    from revbench.cli import main
+
+    write_config("tiny-mixtral", tmp_path)
+    assert main(["estimate", "--model", str(tmp_path), "--layers", "1", "--method", "standard,zero3-offload",
+                 "--batch", "1", "--seq", "16", "--device", "cpu", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["model"], r["layers"], r["status"]) for r in rows] == [(str(tmp_path), 1, "ok")] * 2
+    assert rows[1]["host_peak_bytes"] > 0

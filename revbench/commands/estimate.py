@@ -89,6 +89,10 @@ def json_row(context: dict[str, Any], row: Row, budget: int | None) -> dict[str,
     return out
 
 
+def _size(nbytes: int | None) -> str:
+    return "0" if nbytes == 0 else format_bytes(nbytes)
+
+
 def _largest(fit: Fit | None) -> str:
     if fit is None or fit.reason:
         return "-"
@@ -99,10 +103,9 @@ def table(rows: list[Row], budget: int | None, batch: int, seq: int) -> pd.DataF
     out = []
     for row in rows:
         e, device = row.estimate, row.estimate.tensor_bytes
-        line = {"method": e.method, "device peak": format_bytes(e.peak_bytes),
-                "host": "-" if device is None else format_bytes(e.host_peak_bytes) if e.host_peak_bytes else "0"}
+        line = {"method": e.method, "device peak": _size(e.peak_bytes), "host": _size(e.host_peak_bytes)}
         for category in ("params", "grads", "optimizer", "activations"):
-            line[category] = format_bytes(getattr(device, category)) if device else "-"
+            line[category] = _size(getattr(device, category)) if device else "-"
         if budget is not None:
             line["fits"] = "-" if device is None else ("yes" if e.peak_bytes <= budget else "no")
         if "batch" in row.fits:
