@@ -105,7 +105,7 @@ def test_parse_bytes() -> None:
 
 def test_estimate_command_prints_one_json_object_per_method(capsys) -> None:
     code = main(["estimate", "--model", "tiny-qwen2-moe", "--layers", "1", "--method", "standard,zero2-offload,lora",
-                 "--batch", "2", "--seq", "64", "--device", "cpu", "--budget", "1GiB", "--json"])
+                 "--batch", "2", "--seq", "64", "--device", "cpu", "--budget", "1GiB", "--json", "--jobs", "2"])
     assert code == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len({tuple(row) for row in lines}) == 1, "every row has the same keys"
@@ -125,7 +125,7 @@ def test_estimate_command_prints_one_json_object_per_method(capsys) -> None:
 def test_estimate_command_fits_both_axes(capsys) -> None:
     budget = estimate_method("standard", replace(tiny(seq=64), workload=Workload(3, 64)), target="cpu").peak_bytes
     code = main(["estimate", "--model", "tiny-qwen2-moe", "--layers", "1", "--method", "standard", "--batch", "1",
-                 "--seq", "64", "--device", "cpu", "--budget", str(budget), "--fit", "--json"])
+                 "--seq", "64", "--device", "cpu", "--budget", str(budget), "--fit", "--json", "--jobs", "1"])
     assert code == 0
     row = json.loads(capsys.readouterr().out)
     assert row["largest_batch"] == 3 and row["largest_seq"] >= 3 * 64 - 1 and row["fits"] is True

@@ -66,7 +66,7 @@ def test_estimate_command_takes_a_config_file(tmp_path: Path, capsys) -> None:
 
     write_config("tiny-mixtral", tmp_path)
     assert main(["estimate", "--model", str(tmp_path), "--layers", "1", "--method", "standard,zero3-offload",
-                 "--batch", "1", "--seq", "16", "--device", "cpu", "--json"]) == 0
+                 "--batch", "1", "--seq", "16", "--device", "cpu", "--json", "--jobs", "1"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(r["model"], r["layers"], r["status"]) for r in rows] == [(str(tmp_path), 1, "ok")] * 2
     assert rows[1]["host_peak_bytes"] > 0

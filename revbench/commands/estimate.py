@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--fit", nargs="?", const="both", choices=FIT_CHOICES, default=None,
                         help="find per method the largest batch (at --seq) and the largest seq (at --batch) under "
                         "--budget; give batch or seq for one of them")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="methods estimated at once, one process each (default: one per method, up to the CPU "
+                        "count); fake-tensor steps are Python-bound, so this divides the wall time")
     parser.add_argument("--json", action="store_true", help="print one JSON object per method, all with the same keys")
     parser.set_defaults(handler=handle)
 
@@ -118,8 +124,12 @@ def table(rows: list[Row], budget: int | None, batch: int, seq: int) -> pd.DataF
     return pd.DataFrame(out).set_index("method")
 
 
-def estimate_row(name: str, sessions: Sessions, spec: TrainSpec, args: argparse.Namespace) -> Row:
+def estimate_row(name: str, spec: TrainSpec, args: argparse.Namespace) -> Row:
+    """One method's estimate and fits. A method's session serves all its probes; nothing is shared between
+    methods, so each can run in its own process."""
+    _progress(f"estimating {name} ...")
     start = time.perf_counter()
+    sessions = Sessions(spec, args.device)
     estimate = sessions.estimate(name, args.batch, args.seq)
     fits: dict[str, Fit] = {}
     if args.fit and estimate.status == "ok":
@@ -127,7 +137,20 @@ def estimate_row(name: str, sessions: Sessions, spec: TrainSpec, args: argparse.
             seed = {getattr(args, axis): estimate.peak_bytes}  # the given size is a probe already made
             fits[axis] = fit_method(name, spec, args.budget, axis, args.device, progress=_progress, probes=seed,
                                     sessions=sessions)
-    return Row(estimate, fits, time.perf_counter() - start)
+    row = Row(estimate, fits, time.perf_counter() - start)
+    _progress(f"{name}: {estimate.status} in {row.seconds:.1f} s")
+    return row
+
+
+def estimate_rows(names: list[str], spec: TrainSpec, args: argparse.Namespace) -> list[Row]:
+    jobs = min(len(names), args.jobs or os.cpu_count() or 1)
+    if jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
+    if jobs == 1:
+        return [estimate_row(name, spec, args) for name in names]
+    # spawn: a fresh interpreter per worker, never a fork of a process whose thread pools may be running.
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(estimate_row, names, [spec] * len(names), [args] * len(names)))
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -141,12 +164,7 @@ def handle(args: argparse.Namespace) -> int:
     context = {"model": args.model, "layers": layers, "dtype": dtype, "device": args.device, "batch": args.batch,
                "seq": args.seq}
     start = time.perf_counter()
-    sessions = Sessions(spec, args.device)
-    rows = []
-    for name in names:
-        _progress(f"estimating {name} ...")
-        rows.append(estimate_row(name, sessions, spec, args))
-        _progress(f"{name}: {rows[-1].estimate.status} in {rows[-1].seconds:.1f} s")
+    rows = estimate_rows(names, spec, args)
     wall = time.perf_counter() - start
     if args.json:
         for row in rows:
