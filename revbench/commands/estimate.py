@@ -48,8 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="find per method the largest batch (at --seq) and the largest seq (at --batch) under "
                         "--budget; give batch or seq for one of them")
     parser.add_argument("--jobs", type=int, default=None,
-                        help="methods estimated at once, one process each (default: one per method, up to the CPU "
-                        "count); fake-tensor steps are Python-bound, so this divides the wall time")
+                        help="methods estimated at once, one process each (default: one per method, up to the CPUs "
+                        "this process may use); fake-tensor steps are Python-bound, so this divides the wall time")
     parser.add_argument("--json", action="store_true", help="print one JSON object per method, all with the same keys")
     parser.set_defaults(handler=handle)
 
@@ -143,7 +143,8 @@ def estimate_row(name: str, spec: TrainSpec, args: argparse.Namespace) -> Row:
 
 
 def estimate_rows(names: list[str], spec: TrainSpec, args: argparse.Namespace) -> list[Row]:
-    jobs = min(len(names), args.jobs or os.cpu_count() or 1)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    jobs = min(len(names), args.jobs or cpus)
     if jobs < 1:
         raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
     if jobs == 1:

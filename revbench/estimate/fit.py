@@ -83,10 +83,12 @@ def _next_probe(probes: dict[int, int], lo: int, hi: int | None, budget: int, bi
     if bisect:
         return (lo + hi) // 2
     over = sorted(n for n in probes if probes[n] > budget)
-    if lo - 1 in probes and probes[lo] > probes[lo - 1]:
+    newton = lo + (budget - probes[lo]) // (probes[lo] - probes[lo - 1]) \
+        if lo - 1 in probes and probes[lo] > probes[lo - 1] else hi
+    if newton < hi - 1:
         # The peak's slope at lo, from a neighbour pair: where the peak is affine, its line meets the budget
         # at the answer; where it curves upward, past it, which tightens the bracket from above.
-        guess = lo + (budget - probes[lo]) // (probes[lo] - probes[lo - 1])
+        guess = newton
     elif len(over) >= 2 and probes[over[1]] > probes[over[0]]:
         # Two sizes over the budget lie where activations set the peak, which is affine there: their
         # secant puts the crossing exactly, where the bracket's may cut across the flat part.
@@ -121,18 +123,19 @@ def search_largest(peak_at: Callable[[int], int], budget: int, start: int, cap: 
             return cap, True, probes
         n = min(_next_probe(probes, lo, hi, budget, bisect), cap)
         width = (hi or 2 * cap) - lo
-        bracketed = hi is not None
+        pair = hi is not None and not bisect
         if fits(n):
             lo = n
             # An interpolated guess on an affine stretch lands on the answer: its neighbour proves it.
-            if bracketed and not bisect and n + 1 < hi:
+            if pair and n + 1 < hi:
                 lo, hi = (n + 1, hi) if fits(n + 1) else (lo, n + 1)
         else:
             hi = n
-            if bracketed and not bisect and n - 1 > lo:
+            if pair and n - 1 > lo:
                 lo, hi = (n - 1, hi) if fits(n - 1) else (lo, n - 1)
-        # Interpolation can creep along one side of a curved peak: alternate with bisection when it does.
-        bisect = hi is not None and (hi - lo) * 2 > width
+        # Interpolation can creep along one side of a curved peak: alternate with bisection when it does,
+        # though not right after a neighbour pair, whose local slope gives the next guess.
+        bisect = hi is not None and (hi - lo) * 2 > width and not pair
     return lo, False, probes
 
 
