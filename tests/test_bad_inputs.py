@@ -186,7 +186,7 @@ ESTIMATE: dict[str, tuple[list[str], str]] = {
     "fit-axis": (["--model", "tiny-qwen2-moe", "--fit", "width", "--budget", "1GiB"], "invalid choice: 'width'"),
     "model-unknown": (["--model", "gpt5"], "unknown model preset 'gpt5'"),
     "model-missing": ([], "the following arguments are required: --model"),
-    "method-unknown": (["--model", "tiny-qwen2-moe", "--method", "adam"], "unknown method adam"),
+    "method-unknown": (["--model", "tiny-qwen2-moe", "--method", "adam"], "unknown method 'adam'"),
     "dtype-unknown": (["--model", "tiny-qwen2-moe", "--dtype", "fp8"], "unknown dtype 'fp8'"),
     "device-unknown": (["--model", "tiny-qwen2-moe", "--device", "tpu"], "invalid choice: 'tpu'"),
 }

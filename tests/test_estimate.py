@@ -102,16 +102,31 @@ def test_parse_bytes() -> None:
 
 
 def test_estimate_command_prints_one_json_object_per_method(capsys) -> None:
-    code = main(["estimate", "--model", "tiny-qwen2-moe", "--layers", "1", "--method", "standard,zero2-offload",
-                 "--batch", "2", "--seq", "64", "--device", "cpu", "--budget", "1GiB", "--json"])
+    code = main(["estimate", "--model", "tiny-qwen2-moe", "--layers", "1", "--method", "standard,zero2-offload,lora",
+                 "--batch", "2", "--seq", "64", "--device", "cpu", "--budget", "1GiB", "--json", "--jobs", "2"])
     assert code == 0
-    rows = {row["method"]: row for row in map(json.loads, capsys.readouterr().out.splitlines())}
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len({tuple(row) for row in lines}) == 1, "every row has the same keys"
+    rows = {row["method"]: row for row in lines}
     standard, offload = rows["standard"], rows["zero2-offload"]
+    assert (standard["layers"], standard["dtype"], standard["device"]) == (1, "float32", "cpu")
     expected = estimate_method("standard", tiny(seq=64), target="cpu").tensor_bytes
-    assert standard["peak_bytes"] == expected.total and standard["fits"] is True
+    assert standard["device_peak_bytes"] == expected.total and standard["fits"] is True
     assert [standard[c] for c in ("params", "grads", "optimizer", "activations")] == [
         expected.params, expected.grads, expected.optimizer, expected.activations]
-    assert offload["status"] == "not estimable" and offload["peak_bytes"] is None and "offload" in offload["reason"]
+    assert standard["host_peak_bytes"] == 0 and rows["lora"]["status"] == "ok"
+    assert offload["status"] == "ok" and offload["optimizer"] == 0
+    assert offload["host_peak_bytes"] == offload["host_params"] + offload["host_grads"] + offload["host_optimizer"]
+    assert offload["host_optimizer"] == 12 * standard["parameters"]  # fp32 master + Adam's two moments
+
+
+def test_estimate_command_fits_both_axes(capsys) -> None:
+    budget = estimate_method("standard", replace(tiny(seq=64), workload=Workload(3, 64)), target="cpu").peak_bytes
+    code = main(["estimate", "--model", "tiny-qwen2-moe", "--layers", "1", "--method", "standard", "--batch", "1",
+                 "--seq", "64", "--device", "cpu", "--budget", str(budget), "--fit", "--json", "--jobs", "1"])
+    assert code == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["largest_batch"] == 3 and row["largest_seq"] >= 3 * 64 - 1 and row["fits"] is True
 
 
 def test_estimate_command_rejects_fit_without_budget(capsys) -> None:

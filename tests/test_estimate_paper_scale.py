@@ -25,10 +25,10 @@ def test_paper_scale_section_writes_its_tables_and_reuses_them(tmp_path: Path) -
     out = tmp_path / "report"
     markdown = paper_scale_section(out, suite=str(suite), fit=False)
     table = pd.read_csv(out / ESTIMATES_CSV).set_index("method")
-    assert table.loc["standard", "status"] == "ok" and table.loc["zero2-offload", "status"] == "not estimable"
+    assert table.loc["standard", "status"] == "ok" and table.loc["zero2-offload", "status"] == "ok"
     # CUDA's default AdamW (foreach) holds a temporary the size of the weights that the per-parameter loop avoids.
     assert table.loc["standard", "peak bytes"] > table.loc["standard", "peak bytes, foreach=False"]
-    assert bool(table.loc["standard", "fits 80 GB"]) and pd.isna(table.loc["zero2-offload", "fits 80 GB"])
+    assert bool(table.loc["standard", "fits 80 GB"]) and bool(table.loc["zero2-offload", "fits 80 GB"])
     assert "## At paper scale" in markdown and "Model-state arithmetic" in markdown and ESTIMATES_CSV in markdown
     assert "65.4" in markdown  # the paper's reported checkpointing peak, from the paper reference data
     assert (out / FITS_CSV).is_file()

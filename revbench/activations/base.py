@@ -14,7 +14,6 @@ class Activations:
 
     name: ClassVar[str]
     option_names: ClassVar[tuple[str, ...]] = ()
-    not_estimable: ClassVar[str | None] = None  # why fake tensors cannot run it, or None
 
     def __init__(self, spec: TrainSpec) -> None:
         self.spec = spec

@@ -1,4 +1,4 @@
-"""`revbench estimate`: peak memory per method from fake tensors: will it fit, and at what batch?"""
+"""`revbench estimate`: peak device and host memory per method without the hardware: will it fit, and at what size?"""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 import time
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from revbench.commands.args import at_least_two, positive, size
 from revbench.units import format_bytes
@@ -15,39 +16,57 @@ if TYPE_CHECKING:  # torch, transformers and pandas are imported by the handler,
     import pandas as pd
 
     from revbench.estimate import Estimate, Fit
+    from revbench.methods import TrainSpec
 
 TARGETS, AXES = ("cuda", "cpu"), ("batch", "seq")  # as revbench.estimate names them
+FIT_CHOICES = ("both", *AXES)
+ALL_PRESETS, EVERY_COMBINATION = "all", "combinations"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
-        "estimate", help="estimate peak memory per method without allocating (fake tensors); find what fits",
+        "estimate", help="estimate peak device and host memory per method without allocating; find what fits",
         description="Runs each method's real training step on fake tensors (no memory is allocated) and reports "
-        "the peak tensor bytes of the measured (second) step by category. Kernel workspaces, the CUDA context "
-        "and allocator fragmentation are not tensors: leave headroom under the GPU's capacity.")
-    parser.add_argument("--model", required=True, help="model preset, e.g. qwen1.5-moe-a2.7b or tiny-qwen2-moe")
-    parser.add_argument("--method", default="all", help="comma-separated methods, or all (default)")
+        "the peak tensor bytes of the measured (second) step by category. DeepSpeed's offload, which cannot run on "
+        "fake tensors, is estimated from a model of DeepSpeed's buffers plus a fake-tensor forward and backward, "
+        "with a device and a host figure. Kernel workspaces, the CUDA context and allocator fragmentation are not "
+        "tensors: leave headroom under the GPU's capacity.")
+    parser.add_argument("--model", required=True, metavar="PRESET|PATH",
+                        help="a preset (e.g. qwen1.5-moe-a2.7b) or a local Hugging Face config.json (or a directory "
+                        "holding one) of a supported family")
+    parser.add_argument("--method", default=ALL_PRESETS,
+                        help="comma-separated methods: presets or ACTIVATIONS+STATES+LOSS compositions; "
+                        f"'{ALL_PRESETS}' (default) for every preset, '{EVERY_COMBINATION}' for every composition")
     parser.add_argument("--batch", type=positive, default=2)
     parser.add_argument("--seq", type=at_least_two, default=128)
-    parser.add_argument("--layers", type=positive, default=None, help="override the preset's number of layers")
+    parser.add_argument("--layers", type=positive, default=None, help="override the model's number of layers")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 for cuda, fp32 for cpu), bf16, fp32, ...")
     parser.add_argument("--device", choices=TARGETS, default="cuda",
                         help="the device kind whose code path is estimated (default cuda)")
     parser.add_argument("--budget", type=size, default=None, metavar="SIZE",
-                        help="memory budget, e.g. 80GiB or 141GB: says which methods fit")
-    parser.add_argument("--fit", nargs="?", const="batch", choices=AXES, default=None,
-                        help="find per method the largest batch (default) or seq under --budget")
-    parser.add_argument("--json", action="store_true", help="print one JSON object per method")
+                        help="device memory budget, e.g. 80GiB or 141GB: says which methods fit")
+    parser.add_argument("--fit", nargs="?", const="both", choices=FIT_CHOICES, default=None,
+                        help="find per method the largest batch (at --seq) and the largest seq (at --batch) under "
+                        "--budget; give batch or seq for one of them")
+    parser.add_argument("--jobs", type=positive, default=None,
+                        help="methods estimated at once, one process each (default: one per method, up to the CPUs "
+                        "this process may use); fake-tensor steps are Python-bound, so this divides the wall time")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per method, all with the same keys")
     parser.set_defaults(handler=handle)
 
 
 def _methods(text: str) -> list[str]:
-    from revbench.methods import METHODS
+    """Method names as given, checked: presets, compositions, or every preset or composition."""
+    from revbench.methods import METHODS, parse_method
+    from revbench.methods.method import combinations
 
-    names = list(METHODS) if text == "all" else [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in names if m not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown method {', '.join(unknown)}; the methods are {', '.join(METHODS)}")
+    if text == ALL_PRESETS:
+        return list(METHODS)
+    if text == EVERY_COMBINATION:
+        return [c.name for c in combinations()]
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    for name in names:
+        parse_method(name)  # an unknown name or technique says what there is
     return names
 
 
@@ -55,41 +74,108 @@ def _progress(message: str) -> None:
     print(f"  {message}", file=sys.stderr, flush=True)
 
 
-def estimate_table(estimates: list[Estimate], budget: int | None) -> pd.DataFrame:
+@dataclass
+class Row:
+    """One method's answer: the estimate at the given size, and the fits when asked for."""
+
+    estimate: Estimate
+    fits: dict[str, Fit]
+    seconds: float
+
+
+def json_row(context: dict[str, Any], row: Row, budget: int | None) -> dict[str, Any]:
+    from revbench.methods import parse_method
+
+    e, device, host = row.estimate, row.estimate.tensor_bytes, row.estimate.host_bytes
+    out = {**context, "method": e.method, **parse_method(e.method).to_dict(), "status": e.status,
+           "device_peak_bytes": e.peak_bytes, "host_peak_bytes": e.host_peak_bytes,
+           "peak_phase": device.phase if device else None}
+    for category in ("params", "grads", "optimizer", "workspace", "activations"):
+        out[category] = getattr(device, category) if device else None
+    for category in ("params", "grads", "optimizer"):
+        out[f"host_{category}"] = (getattr(host, category) if host else 0) if device else None
+    out["parameters"] = e.parameters
+    out["budget_bytes"] = budget
+    out["fits"] = None if budget is None or e.peak_bytes is None else e.peak_bytes <= budget
+    for axis in AXES:
+        fit = row.fits.get(axis)
+        out[f"largest_{axis}"] = fit.largest if fit else None
+        out[f"largest_{axis}_capped"] = fit.capped if fit else None
+    out["reason"] = e.reason
+    out["seconds"] = round(row.seconds, 2)
+    return out
+
+
+def _size(nbytes: int | None) -> str:
+    return "0" if nbytes == 0 else format_bytes(nbytes)
+
+
+def _largest(fit: Fit | None) -> str:
+    if fit is None or fit.reason:
+        return "-"
+    return "none" if fit.largest is None else f"{fit.largest}{'+' if fit.capped else ''}"
+
+
+def table(rows: list[Row], budget: int | None, batch: int, seq: int) -> pd.DataFrame:
     import pandas as pd
 
-    rows = []
-    for e in estimates:
-        tb = e.tensor_bytes
-        row = {"method": e.method, "peak": format_bytes(e.peak_bytes)}
-        for category in ("params", "grads", "optimizer", "activations"):
-            row[category] = format_bytes(getattr(tb, category)) if tb else "-"
+    out = []
+    for row in rows:
+        e, device = row.estimate, row.estimate.tensor_bytes
+        line = {"method": e.method, "device peak": _size(e.peak_bytes), "host": _size(e.host_peak_bytes),
+                "peak in": device.phase if device else "-"}
+        for category in ("params", "grads", "optimizer", "workspace", "activations"):
+            line[category] = _size(getattr(device, category)) if device else "-"
         if budget is not None:
-            row[f"fits {format_bytes(budget)}"] = "-" if tb is None else ("yes" if tb.total <= budget else "no")
-        row["seconds"] = f"{e.seconds:.1f}" if e.status != "not estimable" else "-"
-        row["note"] = e.reason or ""
-        rows.append(row)
-    return pd.DataFrame(rows).set_index("method")
+            line["fits"] = "-" if device is None else ("yes" if e.peak_bytes <= budget else "no")
+        if "batch" in row.fits:
+            line[f"max batch @ seq {seq}"] = _largest(row.fits["batch"])
+        if "seq" in row.fits:
+            line[f"max seq @ batch {batch}"] = _largest(row.fits["seq"])
+        line["s"] = f"{row.seconds:.1f}"
+        line["note"] = e.reason or ""
+        out.append(line)
+    return pd.DataFrame(out).set_index("method")
 
 
-def fit_table(fits: list[Fit]) -> pd.DataFrame:
-    import pandas as pd
+def estimate_row(name: str, spec: TrainSpec, args: argparse.Namespace) -> Row:
+    """One method's estimate and fits. A method's session serves all its probes; nothing is shared between
+    methods, so each can run in its own process."""
+    from revbench.estimate import Sessions, fit_method
 
-    rows = []
-    for f in fits:
-        over = min((n for n in f.probes if f.largest is None or n > f.largest), default=None)
-        largest = "-" if f.reason else ("none" if f.largest is None else f"{f.largest}{'+' if f.capped else ''}")
-        rows.append({"method": f.method, f"largest {f.axis}": largest, "peak there": format_bytes(f.peak_bytes),
-                     "next size": "-" if over is None else f"{over}: {format_bytes(f.probes[over])}",
-                     "probes": len(f.probes), "seconds": f"{f.seconds:.1f}", "note": f.reason or ""})
-    return pd.DataFrame(rows).set_index("method")
+    _progress(f"estimating {name} ...")
+    start = time.perf_counter()
+    sessions = Sessions(spec, args.device)
+    estimate = sessions.estimate(name, args.batch, args.seq)
+    fits: dict[str, Fit] = {}
+    if args.fit and estimate.status == "ok":
+        for axis in AXES if args.fit == "both" else (args.fit,):
+            seed = {getattr(args, axis): estimate.peak_bytes}  # the given size is a probe already made
+            fits[axis] = fit_method(name, spec, args.budget, axis, args.device, progress=_progress, probes=seed,
+                                    sessions=sessions)
+    row = Row(estimate, fits, time.perf_counter() - start)
+    _progress(f"{name}: {estimate.status} in {row.seconds:.1f} s")
+    return row
+
+
+def estimate_rows(names: list[str], spec: TrainSpec, args: argparse.Namespace) -> list[Row]:
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    jobs = min(len(names), args.jobs or cpus)
+    if jobs == 1:
+        return [estimate_row(name, spec, args) for name in names]
+    # spawn: a fresh interpreter per worker, never a fork of a process whose thread pools may be running.
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(estimate_row, names, [spec] * len(names), [args] * len(names)))
 
 
 def handle(args: argparse.Namespace) -> int:
     from revbench.data import Workload
-    from revbench.estimate import Estimate, estimate_method, fit_method
     from revbench.methods import TrainSpec
-    from revbench.models import ModelSpec
+    from revbench.models import ModelSpec, build_config
     from revbench.models.validate import ShapeError, validate_model
     from revbench.models.zoo import parse_dtype
 
@@ -103,40 +189,28 @@ def handle(args: argparse.Namespace) -> int:
         flag = {"layers": "--layers", "dtype": "--dtype", "preset": "--model"}.get(exc.path, f"--model ({exc.path})")
         raise ValueError(f"{flag}: {exc.message}") from None
     spec = TrainSpec(model=model, workload=Workload(batch=args.batch, seq=args.seq, data="synthetic"))
-    context = {"model": args.model, "layers": args.layers, "dtype": args.dtype, "device": args.device,
-               "batch": args.batch, "seq": args.seq}
+    dtype = str(parse_dtype(args.dtype, args.device)).removeprefix("torch.")
+    layers = build_config(model).num_hidden_layers
+    context = {"model": args.model, "layers": layers, "dtype": dtype, "device": args.device, "batch": args.batch,
+               "seq": args.seq}
     start = time.perf_counter()
-    results: list[Estimate | Fit] = []
-    for name in names:
-        _progress(f"estimating {name} ...")
-        if args.fit:
-            results.append(fit_method(name, spec, args.budget, args.fit, args.device, progress=_progress))
-        else:
-            results.append(estimate_method(name, spec, args.device))
-            _progress(f"{name}: {results[-1].status} in {results[-1].seconds:.1f} s")
+    rows = estimate_rows(names, spec, args)
     wall = time.perf_counter() - start
     if args.json:
-        for result in results:
-            row = {**context, **result.to_dict()}
-            if isinstance(result, Estimate) and args.budget is not None:
-                row["fits"] = None if result.peak_bytes is None else result.peak_bytes <= args.budget
-            print(json.dumps(row))
+        for row in rows:
+            print(json.dumps(json_row(context, row, args.budget)))
         return 0
-    parameters = next((r.parameters for r in results if isinstance(r, Estimate) and r.parameters), None)
-    layers = f" with {args.layers} layers" if args.layers else ""
-    about = f"{args.model}{layers}" + (f" ({parameters:,} parameters)" if parameters else "")
-    dtype = str(parse_dtype(args.dtype, args.device)).removeprefix("torch.")
-    if args.fit:
-        fixed = f"seq {args.seq}" if args.fit == "batch" else f"batch {args.batch}"
-        print(f"Largest {args.fit} at {fixed} whose estimated peak fits {format_bytes(args.budget)} "
-              f"({args.budget:,} bytes): {about}, {dtype}, {args.device} code path")
-        print(fit_table(results).to_markdown())
-    else:
-        print(f"Estimated peak tensor bytes of one training step after a warm-up step: {about}, "
-              f"batch {args.batch} x seq {args.seq}, {dtype}, {args.device} code path")
-        print(estimate_table(results, args.budget).to_markdown())
+    parameters = next((r.estimate.parameters for r in rows if r.estimate.parameters), None)
+    about = f"{args.model}, {layers} layers" + (f", {parameters / 1e9:.2f}B parameters" if parameters else "")
+    budget = f", budget {format_bytes(args.budget)}" if args.budget is not None else ""
+    print(f"Estimated peak memory of one training step after a warm-up step: {about}, batch {args.batch} x seq "
+          f"{args.seq}, {dtype}, {args.device} code path{budget}")
+    print(table(rows, args.budget, args.batch, args.seq).to_markdown())
     adamw = ("AdamW's multi-tensor (foreach) path, as torch takes it on CUDA" if args.device == "cuda"
              else "AdamW's per-parameter loop, as torch takes it on CPU")
-    print(f"Wall time {wall:.1f} s. Fake tensors run on the CPU device; byte counts are device-independent up to "
-          f"allocator rounding (CUDA rounds each block up to 512 B); the {args.device} code path takes {adamw}.")
+    print(f"Categories are the device's; `peak in` is the step phase of the device peak. host: what DeepSpeed "
+          f"offload keeps in host memory (fp32 master weights, gradients, Adam states). Wall time {wall:.1f} s. "
+          f"Fake tensors run on the CPU device; byte counts are device-independent up to allocator rounding (CUDA "
+          f"rounds each block up to 512 B); the {args.device} code path takes {adamw} unless the method says "
+          f"otherwise.")
     return 0

@@ -14,9 +14,8 @@ Python scalars wrapped into 0-dim tensors (a few bytes), the RNG states that che
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -24,9 +23,10 @@ from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from revbench.estimate.eight_bit import use_layout
+from revbench.estimate.meta_build import fake_method_from_meta
 from revbench.measure.categories import TensorBytes
 from revbench.measure.storage_tracker import measure_peak_bytes_tracked
-from revbench.methods import TrainSpec, create_method, not_estimable, parse_method
+from revbench.methods import TrainSpec, create_method, parse_method
 from revbench.methods.composition import resolve_optimizer
 from revbench.models.zoo import parse_dtype
 
@@ -88,28 +88,6 @@ def unpacked_sequences() -> Iterator[None]:
         masking_utils.find_packed_sequence_indices = original
 
 
-@dataclass
-class Estimate:
-    """One method's estimated peak, or why there is none."""
-
-    method: str
-    status: str  # "ok", "not estimable" or "error"
-    tensor_bytes: TensorBytes | None = None
-    reason: str | None = None
-    seconds: float = 0.0
-    parameters: int | None = None  # the model's parameter count, trainable or not
-
-    @property
-    def peak_bytes(self) -> int | None:
-        return self.tensor_bytes.total if self.tensor_bytes else None
-
-    def to_dict(self) -> dict[str, Any]:
-        categories = {k: v for k, v in self.tensor_bytes.to_dict().items() if k not in ("method", "total")} \
-            if self.tensor_bytes else {}
-        return {"method": self.method, "status": self.status, "peak_bytes": self.peak_bytes, **categories,
-                "parameters": self.parameters, "reason": self.reason, "seconds": round(self.seconds, 2)}
-
-
 def target_spec(name: str, spec: TrainSpec, target: str) -> TrainSpec:
     """The spec the fake step runs: on the CPU device, with the target device's dtype and AdamW kernel for "auto".
 
@@ -126,45 +104,42 @@ def target_spec(name: str, spec: TrainSpec, target: str) -> TrainSpec:
                    optimizer=resolve_optimizer(parse_method(name), spec.optimizer, target))
 
 
-def _fake_step(name: str, spec: TrainSpec, target: str) -> tuple[TensorBytes, int]:
-    shape = (spec.workload.batch, spec.workload.seq)
-    # The grouped_mm shim costs a Python call per op; bf16 runs take torch's own meta kernel.
-    shim = GroupedMMAnyDtype() if parse_dtype(spec.model.dtype) != torch.bfloat16 else contextlib.nullcontext()
-    with unpacked_sequences(), FakeTensorMode(), shim:
-        method = create_method(name, spec)
-        use_layout(method)
-        method.prepare()
-        parameters = sum(p.numel() for p in method.model.parameters())
-        method.zero_grad()
-        method.train_step(torch.zeros(shape, dtype=torch.long))  # warm-up: creates the optimizer state
-        method.zero_grad()
-        _, tensor_bytes = measure_peak_bytes_tracked(
-            lambda: method.train_step(torch.zeros(shape, dtype=torch.long)), method.state_tensors)
-        method.teardown()
-    return replace(tensor_bytes, method=f"fake-tensor estimate ({target})"), parameters
+def shim_for(spec: TrainSpec) -> contextlib.AbstractContextManager:
+    """The grouped_mm shim costs a Python call per op; bf16 runs take torch's own meta kernel."""
+    return GroupedMMAnyDtype() if parse_dtype(spec.model.dtype) != torch.bfloat16 else contextlib.nullcontext()
 
 
-def _describe(exc: BaseException) -> str:
-    """The error and its causes, one line each joined: torch often wraps the telling one."""
-    parts = []
-    while exc is not None and len(parts) < 3:
-        lines = str(exc).strip().splitlines()
-        parts.append(f"{type(exc).__name__}: {lines[0] if lines else ''}")
-        exc = exc.__cause__
-    return "; caused by ".join(parts)
+class MethodStep:
+    """A method prepared once on fake tensors and warmed up (its optimizer state exists), then stepped at any
+    batch and sequence length: the model states do not depend on them, so one build serves every probe."""
 
+    def __init__(self, name: str, spec: TrainSpec, target: str) -> None:
+        self.spec = target_spec(name, spec, target)
+        self.mode = FakeTensorMode()
+        self.shim = shim_for(self.spec)
+        # PEFT cannot build on fake tensors: it builds on the meta device, whose tensors then become fake.
+        lora = parse_method(name).states == "lora"
+        method = fake_method_from_meta(name, self.spec, self.mode) if lora else None
+        with unpacked_sequences(), self.mode, self.shim:
+            if method is None:
+                method = create_method(name, self.spec)
+                use_layout(method)
+                method.prepare()
+            self.method = method
+            self.parameters = sum(p.numel() for p in method.model.parameters())
+            self._step(self.spec.workload.batch, self.spec.workload.seq)  # warm-up: creates the optimizer state
+        self.label = f"fake-tensor estimate ({target})"
 
-def estimate_method(name: str, spec: TrainSpec, target: str = "cuda") -> Estimate:
-    """Estimate the peak tensor bytes of one measured step of `name` on `spec` for device kind `target`."""
-    start = time.perf_counter()
-    try:
-        reason = not_estimable(parse_method(name))
-        if reason:
-            return Estimate(name, "not estimable", reason=reason)
-        tensor_bytes, parameters = _fake_step(name, target_spec(name, spec, target), target)
-    except (ImportError, RuntimeError, NotImplementedError, TypeError, AssertionError) as exc:
-        # A method that is not installed or cannot run on fake tensors says why; a bad spec (ValueError)
-        # still propagates.
-        return Estimate(name, "error", reason=_describe(exc), seconds=time.perf_counter() - start)
-    return Estimate(name, "ok", tensor_bytes=tensor_bytes, seconds=time.perf_counter() - start,
-                    parameters=parameters)
+    def _step(self, batch: int, seq: int) -> Any:
+        self.method.zero_grad()
+        return self.method.train_step(torch.zeros((batch, seq), dtype=torch.long))
+
+    def peak(self, batch: int, seq: int) -> tuple[TensorBytes, TensorBytes | None]:
+        """Device bytes at the peak of one step after the warm-up, and host bytes (none for these methods)."""
+        with unpacked_sequences(), self.mode, self.shim:
+            self.method.zero_grad()
+            # The batch is created inside the window, as the harness's data stream does.
+            _, tensor_bytes = measure_peak_bytes_tracked(
+                lambda: self.method.train_step(torch.zeros((batch, seq), dtype=torch.long)),
+                self.method.state_tensors)
+        return replace(tensor_bytes, method=self.label), None

@@ -1,9 +1,11 @@
 """The largest batch or sequence length whose estimated peak fits a memory budget.
 
-Each probe is a full fake-tensor step (`estimate_method`), never a formula: the search only chooses
-which sizes to probe. Peak bytes grow with batch and sequence length, so the answer is the size `n`
-with peak(n) <= budget < peak(n + 1), both probed. The search grows until a probe fails, then narrows
-the bracket by linear interpolation (the peak is piecewise affine in either size), bisecting when that stalls.
+Each probe is a full step of the method's estimate session (fake tensors, or DeepSpeed's layout model plus
+fake-tensor activations), never a formula: the search only chooses which sizes to probe. Peak bytes grow
+with batch and sequence length, so the answer is the size `n` with peak(n) <= budget < peak(n + 1), both
+probed. The search grows until a probe fails, then narrows the bracket by linear interpolation (the peak
+is piecewise affine in either size), probing each interpolated guess's neighbour at once, since on an affine
+stretch the guess is the answer; it bisects when interpolation stalls.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from revbench.estimate.fake_step import Estimate, estimate_method
+from revbench.estimate.session import Estimate, Sessions
 from revbench.methods import TrainSpec
 from revbench.models.zoo import build_config
 from revbench.units import format_bytes
@@ -36,6 +38,7 @@ class Fit:
     reason: str | None = None  # set when the method could not be estimated
     probes: dict[int, int] = field(default_factory=dict)  # size -> peak bytes
     seconds: float = 0.0
+    host_bytes: int | None = None  # host memory the method needs (DeepSpeed offload; 0 for the others)
 
     @property
     def peak_bytes(self) -> int | None:
@@ -44,7 +47,8 @@ class Fit:
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "axis": self.axis, "budget_bytes": self.budget_bytes,
                 "largest": self.largest, "peak_bytes": self.peak_bytes, "capped": self.capped,
-                "reason": self.reason, "probes": {str(k): v for k, v in sorted(self.probes.items())},
+                "host_bytes": self.host_bytes, "reason": self.reason,
+                "probes": {str(k): v for k, v in sorted(self.probes.items())},
                 "seconds": round(self.seconds, 2)}
 
 
@@ -62,7 +66,13 @@ def _next_probe(probes: dict[int, int], lo: int, hi: int | None, budget: int, bi
     if bisect:
         return (lo + hi) // 2
     over = sorted(n for n in probes if probes[n] > budget)
-    if len(over) >= 2 and probes[over[1]] > probes[over[0]]:
+    newton = lo + (budget - probes[lo]) // (probes[lo] - probes[lo - 1]) \
+        if lo - 1 in probes and probes[lo] > probes[lo - 1] else hi
+    if newton < hi - 1:
+        # The peak's slope at lo, from a neighbour pair: where the peak is affine, its line meets the budget
+        # at the answer; where it curves upward, past it, which tightens the bracket from above.
+        guess = newton
+    elif len(over) >= 2 and probes[over[1]] > probes[over[0]]:
         # Two sizes over the budget lie where activations set the peak, which is affine there: their
         # secant puts the crossing exactly, where the bracket's may cut across the flat part.
         a, b = over[0], over[1]
@@ -96,31 +106,41 @@ def search_largest(peak_at: Callable[[int], int], budget: int, start: int, cap: 
             return cap, True, probes
         n = min(_next_probe(probes, lo, hi, budget, bisect), cap)
         width = (hi or 2 * cap) - lo
+        pair = hi is not None and not bisect
         if fits(n):
             lo = n
+            # An interpolated guess on an affine stretch lands on the answer: its neighbour proves it.
+            if pair and n + 1 < hi:
+                lo, hi = (n + 1, hi) if fits(n + 1) else (lo, n + 1)
         else:
             hi = n
-        # Interpolation can creep along one side of a curved peak: alternate with bisection when it does.
-        bisect = hi is not None and (hi - lo) * 2 > width
+            if pair and n - 1 > lo:
+                lo, hi = (n - 1, hi) if fits(n - 1) else (lo, n - 1)
+        # Interpolation can creep along one side of a curved peak: alternate with bisection when it does,
+        # though not right after a neighbour pair, whose local slope gives the next guess.
+        bisect = hi is not None and (hi - lo) * 2 > width and not pair
     return lo, False, probes
 
 
 def fit_method(name: str, spec: TrainSpec, budget: int, axis: str = "batch", target: str = "cuda",
                cap: int | None = None, progress: Callable[[str], None] | None = None,
-               probes: dict[int, int] | None = None) -> Fit:
+               probes: dict[int, int] | None = None, sessions: Sessions | None = None) -> Fit:
     """Find the largest batch (at the spec's seq) or seq (at its batch) of `name` under `budget` bytes.
-    `probes` carries earlier probes of the same method, spec and axis in, and this search's out."""
+    `probes` carries earlier probes of the same method, spec and axis in, and this search's out; `sessions`
+    (of the same spec and target) shares the built methods between searches."""
     if axis not in AXES:
         raise ValueError(f"unknown fit axis {axis!r}; choose one of {', '.join(AXES)}")
     if cap is None:  # sequences stop at the model's positions; batches at a size no GPU holds
         cap = build_config(spec.model).max_position_embeddings if axis == "seq" else 4096
     result = Fit(name, axis, budget)
     failure: list[Estimate] = []
+    sessions = sessions or Sessions(spec, target)
 
     def peak_at(n: int) -> int:
         workload = replace(spec.workload, **{axis: n})
-        estimate = estimate_method(name, replace(spec, workload=workload), target)
+        estimate = sessions.estimate(name, workload.batch, workload.seq)
         result.seconds += estimate.seconds
+        result.host_bytes = estimate.host_peak_bytes
         if progress:
             outcome = format_bytes(estimate.peak_bytes) if estimate.status == "ok" else estimate.status
             progress(f"{name}: {axis} {n} -> {outcome}")

@@ -14,7 +14,6 @@ from revbench.methods.composition import (
     PRESETS,
     Composition,
     UnknownMethodError,
-    not_estimable,
     option_names,
     parse_method,
 )
@@ -32,4 +31,4 @@ def create_method(name: str, spec: TrainSpec) -> Method:
 
 
 __all__ = ["ADAMW_IMPLEMENTATIONS", "AXES", "METHODS", "PRESETS", "Composition", "OptimizerSpec", "TrainSpec",
-           "UnknownMethodError", "create_method", "not_estimable", "option_names", "parse_method"]
+           "UnknownMethodError", "create_method", "option_names", "parse_method"]

@@ -99,9 +99,3 @@ def resolve_optimizer(composition: Composition, optimizer: OptimizerSpec, device
     if technique_class("states", composition.states).uses_adamw_implementation:
         return optimizer.resolved(device)
     return optimizer
-
-
-def not_estimable(composition: Composition) -> str | None:
-    """Why fake tensors cannot run this composition, or None."""
-    return next((cls.not_estimable for cls in technique_classes(composition).values()
-                 if getattr(cls, "not_estimable", None)), None)

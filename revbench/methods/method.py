@@ -7,6 +7,7 @@ train_step: forward and loss, backward, optimizer step, each in its measured pha
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
@@ -14,7 +15,7 @@ import torch
 from revbench.measure.categories import StateTensors
 from revbench.measure.phases import phase
 from revbench.methods.base import TrainSpec
-from revbench.methods.composition import Composition, option_names, technique_classes
+from revbench.methods.composition import AXES, Composition, option_names, technique_classes
 from revbench.models.zoo import build_model
 
 
@@ -33,6 +34,19 @@ def techniques(composition: Composition, spec: TrainSpec) -> tuple[Any, Any, Any
     if reason:
         raise ValueError(f"method {composition.name!r} cannot run: {reason}")
     return activations, states, loss
+
+
+def combinations(spec: TrainSpec | None = None) -> list[Composition]:
+    """Every composition of the registered techniques that can run together (with `spec`'s options)."""
+    spec = spec or TrainSpec()
+    out = []
+    for composition in (Composition(*axes) for axes in itertools.product(*AXES.values())):
+        try:
+            techniques(composition, spec)
+        except ValueError:
+            continue
+        out.append(composition)
+    return out
 
 
 class Method:
@@ -68,11 +82,16 @@ class Method:
         """Compile or load what the first step would otherwise build, before anything is measured."""
         self.states.prebuild()
 
-    def prepare(self) -> None:
+    def build_model(self) -> torch.nn.Module:
+        """The model as the model-state technique takes it: built, converted by the activation technique, with the
+        loss technique's head installed."""
         model = build_model(self.spec.model, seed=self.spec.seed, device=self.device).train()
         model = self.activations.build(model)
         self.loss.install(model)
-        self.forward = self.states.setup(model)
+        return model
+
+    def prepare(self) -> None:
+        self.forward = self.states.setup(self.build_model())
 
     def train_step(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Forward, backward and optimizer update on one batch; returns the (detached) loss."""

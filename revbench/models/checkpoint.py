@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import PreTrainedModel
 
+from revbench.models.dtypes import parse_dtype
 from revbench.models.families import family_of
-from revbench.models.zoo import configure, parse_dtype
+from revbench.models.hf_config import configure
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # zoo imports this module; the spec is only a type here
     from revbench.models.zoo import ModelSpec
 
 
@@ -44,7 +45,7 @@ def load_pretrained(path: str | Path, spec: ModelSpec, device: str | torch.devic
         raise CheckpointError(f"{str(config_file)!r} names no model_type, so its architecture is unknown")
     config = AutoConfig.from_pretrained(path, local_files_only=True)
     family = family_of(config)
-    configure(config, spec)
+    configure(config, spec.attn_impl, spec.experts_impl)
     return family.model_class.from_pretrained(
         path, config=config, local_files_only=True, use_safetensors=True,
         dtype=parse_dtype(spec.dtype, device), device_map=str(device),

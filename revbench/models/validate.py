@@ -59,8 +59,9 @@ def validate_model(spec: ModelSpec) -> None:
     if spec.path is not None:
         _check_checkpoint(spec.path)
         return  # the checkpoint's own config sets the shape
-    if spec.preset not in PRESETS:
-        raise ShapeError("preset", f"unknown model preset {spec.preset!r}; choose one of {', '.join(PRESETS)}")
+    if spec.preset not in PRESETS and not spec.from_config_file:
+        raise ShapeError("preset", f"unknown model preset {spec.preset!r}; choose one of {', '.join(PRESETS)}, or "
+                         "give a Hugging Face config.json (or a directory holding one)")
     family = spec.family
     known = family.config_class().to_dict()
     for key in spec.config:

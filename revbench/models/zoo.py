@@ -1,4 +1,5 @@
-"""Build a real Hugging Face MoE causal LM from a preset plus overrides, with seeded random weights."""
+"""Build a real Hugging Face MoE causal LM from a preset or a local config.json plus overrides, with seeded
+random weights, or load a local checkpoint."""
 
 from __future__ import annotations
 
@@ -8,26 +9,19 @@ from typing import Any
 import torch
 from transformers import PretrainedConfig, PreTrainedModel
 
+from revbench.models import hf_config
+from revbench.models.checkpoint import load_pretrained
+from revbench.models.dtypes import DTYPES, parse_dtype
 from revbench.models.families import FAMILIES, Family
 from revbench.models.presets import PRESETS
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16, "float64": torch.float64, "fp64": torch.float64}
-
-
-def parse_dtype(name: str, device: str | torch.device = "cpu") -> torch.dtype:
-    """A dtype by name; "auto" is float32 on CPU and bfloat16 on CUDA, revbench's precision per device."""
-    if name == "auto":
-        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-    try:
-        return DTYPES[name]
-    except KeyError:
-        raise ValueError(f"unknown dtype {name!r}; choose auto or one of {', '.join(DTYPES)}") from None
+__all__ = ["DTYPES", "ModelSpec", "build_config", "build_model", "parameter_count", "parse_dtype"]
 
 
 @dataclass
 class ModelSpec:
-    """What model to build. `None` fields keep the preset's value."""
+    """What model to build. `None` fields keep the preset's value. `preset` is a preset's name or the path of a
+    local Hugging Face config.json (or of a directory holding one) of a supported family."""
 
     preset: str = "tiny-qwen2-moe"
     layers: int | None = None
@@ -43,45 +37,50 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         if self.path is None and self.preset not in PRESETS:
-            raise ValueError(f"unknown model preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+            if not hf_config.looks_like_config_path(self.preset):
+                raise ValueError(f"unknown model preset {self.preset!r}; choose one of {', '.join(PRESETS)}, "
+                                 f"or give the path of a Hugging Face config.json")
+            hf_config.read_config(self.preset)  # a clear error now for a missing file or an unsupported family
         parse_dtype(self.dtype)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @property
+    def from_config_file(self) -> bool:
+        return self.preset not in PRESETS
+
+    @property
     def family(self) -> Family:
+        if self.from_config_file:
+            return hf_config.read_config(self.preset)[0]
         return FAMILIES[PRESETS[self.preset].family]
 
 
 def build_config(spec: ModelSpec) -> PretrainedConfig:
     family = spec.family
-    values = dict(PRESETS[spec.preset].config)
     overrides = {
         "num_hidden_layers": spec.layers,
         "hidden_size": spec.hidden,
         family.experts_field: spec.experts,
         "num_experts_per_tok": spec.top_k,
     }
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    values.update(spec.config)
-    config = family.config_class(**values)
+    values = {k: v for k, v in overrides.items() if v is not None} | spec.config
+    if spec.from_config_file:
+        config = hf_config.read_config(spec.preset, values)[1]
+    else:
+        config = family.config_class(**(PRESETS[spec.preset].config | values))
     return configure(config, spec)
 
 
 def configure(config: PretrainedConfig, spec: ModelSpec) -> PretrainedConfig:
     """Apply the kernel choices of `spec` to a config."""
-    config._attn_implementation = spec.attn_impl
-    config._experts_implementation = spec.experts_impl
-    config.output_router_logits = True
-    return config
+    return hf_config.configure(config, spec.attn_impl, spec.experts_impl)
 
 
 def build_model(spec: ModelSpec, seed: int = 0, device: str | torch.device = "cpu") -> PreTrainedModel:
     """A real HF MoE model with seeded random weights, or the weights of `spec.path`."""
     if spec.path is not None:
-        from revbench.models.checkpoint import load_pretrained
-
         return load_pretrained(spec.path, spec, device=device)
     config = build_config(spec)
     torch.manual_seed(seed)

@@ -17,7 +17,6 @@ class ModelStates:
 
     name: ClassVar[str]
     option_names: ClassVar[tuple[str, ...]] = ()
-    not_estimable: ClassVar[str | None] = None  # why fake tensors cannot run it, or None
     precision: ClassVar[str] = "the model's dtype: float32 on CPU, bfloat16 on CUDA, optimizer states alike"
     uses_adamw_implementation: ClassVar[bool] = True  # whether optimizer.implementation applies
 

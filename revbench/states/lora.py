@@ -26,8 +26,6 @@ class Lora(ModelStates):
     name = "lora"
     option_names = ("rank", "alpha", "experts")
     precision = "the model's dtype (float32 on CPU, bfloat16 on CUDA), for the frozen weights and the adapters alike"
-    not_estimable = ("PEFT moves its new adapters with Module.to(), which cannot swap fake parameters "
-                     "(\"Couldn't swap Linear.weight\"), so LoRA cannot be built under fake tensors")
 
     def __init__(self, spec: Any) -> None:
         super().__init__(spec)

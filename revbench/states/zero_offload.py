@@ -128,8 +128,6 @@ class ZeroOffload(ModelStates):
     option_names = ("config",)  # path to a DeepSpeed JSON config; default baselines/<config_name>.json
     precision = ("float32 on CPU; on CUDA bfloat16 parameters and compute, with DeepSpeed's float32 master weights, "
                  "gradient partitions and Adam states in host memory")
-    not_estimable = ("DeepSpeed offload keeps float32 master weights, gradient partitions and Adam states in "
-                     "host-side flat buffers updated by the compiled CPU Adam op, which fake tensors cannot run")
     uses_adamw_implementation = False  # DeepSpeed's CPU Adam does the update
 
     def __init__(self, spec: Any) -> None:

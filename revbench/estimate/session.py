@@ -1,0 +1,111 @@
+"""One estimate: the step session that can estimate a method (fake tensors, or DeepSpeed's layout model), and the
+result, with the device and host figures apart.
+
+A session is built once per method and spec and then stepped at any batch and sequence length, so `--fit`'s
+probes and a table of methods pay the model build and the warm-up step once.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from revbench.estimate.fake_step import MethodStep
+from revbench.estimate.zero_step import ZERO_STATES, ZeroStep
+from revbench.measure.categories import TensorBytes
+from revbench.methods import TrainSpec, parse_method
+
+
+class Session(Protocol):
+    parameters: int
+
+    def peak(self, batch: int, seq: int) -> tuple[TensorBytes, TensorBytes | None]: ...
+
+
+@dataclass
+class Estimate:
+    """One method's estimated peak, or why there is none. `tensor_bytes` is what the device holds at its peak;
+    `host_bytes` what the method keeps in host memory (DeepSpeed offload), None where it keeps nothing there."""
+
+    method: str
+    status: str  # "ok" or "error"
+    tensor_bytes: TensorBytes | None = None
+    reason: str | None = None
+    seconds: float = 0.0
+    parameters: int | None = None  # the model's parameter count, trainable or not
+    host_bytes: TensorBytes | None = None
+
+    @property
+    def peak_bytes(self) -> int | None:
+        """The device peak."""
+        return self.tensor_bytes.total if self.tensor_bytes else None
+
+    @property
+    def host_peak_bytes(self) -> int | None:
+        if self.tensor_bytes is None:
+            return None
+        return self.host_bytes.total if self.host_bytes else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        categories = {k: v for k, v in self.tensor_bytes.to_dict().items() if k not in ("method", "total")} \
+            if self.tensor_bytes else {}
+        return {"method": self.method, "status": self.status, "peak_bytes": self.peak_bytes,
+                "host_peak_bytes": self.host_peak_bytes, **categories, "parameters": self.parameters,
+                "reason": self.reason, "seconds": round(self.seconds, 2)}
+
+
+def open_session(name: str, spec: TrainSpec, target: str) -> Session:
+    """The session that estimates `name`: DeepSpeed's layout model for the ZeRO offload model states, fake tensors
+    otherwise (LoRA through a meta-device build, 8-bit AdamW through bitsandbytes' state layout)."""
+    if parse_method(name).states in ZERO_STATES:
+        return ZeroStep(name, spec, target)
+    return MethodStep(name, spec, target)
+
+
+def _describe(exc: BaseException) -> str:
+    """The error and its causes, one line each joined: torch often wraps the telling one."""
+    parts = []
+    while exc is not None and len(parts) < 3:
+        lines = str(exc).strip().splitlines()
+        parts.append(f"{type(exc).__name__}: {lines[0] if lines else ''}")
+        exc = exc.__cause__
+    return "; caused by ".join(parts)
+
+
+class Sessions:
+    """Sessions by method, for one spec and target: each is built on first use, and a failure is kept."""
+
+    def __init__(self, spec: TrainSpec, target: str) -> None:
+        self.spec, self.target = spec, target
+        self._open: dict[str, Session | Estimate] = {}
+        self.build_seconds: dict[str, float] = {}
+
+    def get(self, name: str) -> Session | Estimate:
+        if name not in self._open:
+            start = time.perf_counter()
+            try:
+                self._open[name] = open_session(name, self.spec, self.target)
+            except (ImportError, RuntimeError, NotImplementedError, TypeError, AssertionError) as exc:
+                # A method that is not installed or cannot run on fake tensors says why; a bad spec
+                # (ValueError) still propagates.
+                self._open[name] = Estimate(name, "error", reason=_describe(exc))
+            self.build_seconds[name] = time.perf_counter() - start
+        return self._open[name]
+
+    def estimate(self, name: str, batch: int, seq: int) -> Estimate:
+        start = time.perf_counter()
+        session = self.get(name)
+        if isinstance(session, Estimate):
+            return replace(session, seconds=time.perf_counter() - start)
+        try:
+            device, host = session.peak(batch, seq)
+        except (RuntimeError, NotImplementedError, TypeError, AssertionError) as exc:
+            return Estimate(name, "error", reason=_describe(exc), seconds=time.perf_counter() - start)
+        return Estimate(name, "ok", tensor_bytes=device, host_bytes=host, seconds=time.perf_counter() - start,
+                        parameters=session.parameters)
+
+
+def estimate_method(name: str, spec: TrainSpec, target: str = "cuda") -> Estimate:
+    """Estimate the peak bytes of one measured step of `name` on `spec` for device kind `target`."""
+    return Sessions(spec, target).estimate(name, spec.workload.batch, spec.workload.seq)
