@@ -201,7 +201,8 @@ def handle(args: argparse.Namespace) -> int:
             print(json.dumps(json_row(context, row, args.budget)))
         return 0
     parameters = next((r.estimate.parameters for r in rows if r.estimate.parameters), None)
-    about = f"{args.model}, {layers} layers" + (f", {parameters / 1e9:.2f}B parameters" if parameters else "")
+    count = (f"{parameters / 1e9:.2f}B" if parameters >= 10**9 else f"{parameters:,}") if parameters else ""
+    about = f"{args.model}, {layers} layers" + (f", {count} parameters" if count else "")
     budget = f", budget {format_bytes(args.budget)}" if args.budget is not None else ""
     print(f"Estimated peak memory of one training step after a warm-up step: {about}, batch {args.batch} x seq "
           f"{args.seq}, {dtype}, {args.device} code path{budget}")

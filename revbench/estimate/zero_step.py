@@ -20,6 +20,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from revbench.estimate.fake_step import shim_for, target_spec, unpacked_sequences
 from revbench.estimate.zero_layout import ParamLayout, ZeroLayout, zero_layout
 from revbench.measure.categories import TensorBytes
+from revbench.measure.phases import phase
 from revbench.measure.storage_tracker import measure_peak_bytes_tracked
 from revbench.methods import TrainSpec, create_method
 from revbench.states.zero_offload import ZeroOffload, fill_config, load_config
@@ -88,7 +89,10 @@ class ZeroStep:
                 p.register_post_accumulate_grad_hook(self.buckets)
 
     def _step(self, batch: int, seq: int) -> None:
-        self.loss(self.model, torch.zeros((batch, seq), dtype=torch.long)).backward()
+        with phase("forward"):
+            loss = self.loss(self.model, torch.zeros((batch, seq), dtype=torch.long))
+        with phase("backward"):
+            loss.backward()
         self.buckets.reduce()  # the end of backward reduces what is left in the bucket
 
     def peak(self, batch: int, seq: int) -> tuple[TensorBytes, TensorBytes]:
@@ -102,6 +106,6 @@ class ZeroStep:
         # together, and ZeRO-2's gradient workspace likewise: both make the device figure an upper bound.
         layout = self.layout
         device = replace(layout.device, params=layout.device.params + layout.gathered,
-                         activations=tracked.activations + layout.workspace,
+                         activations=tracked.activations + layout.workspace, phase=tracked.phase,
                          method=f"ZeRO-{self.stage} layout + fake-tensor activations (device)")
         return device, layout.host

@@ -1,6 +1,12 @@
 """Model-state techniques: where the weights, gradients and optimizer states live and how they update.
 One file each; imported only when used (DeepSpeed, PEFT and bitsandbytes are heavy)."""
 
+import logging
+
+# bitsandbytes (imported by PEFT too) warns on every import on an AVX-512 CPU that its optional 4-bit CPU kernel
+# package is missing; revbench uses no 4-bit kernel.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
 STATES: dict[str, str] = {
     "adamw": "revbench.states.adamw:AdamW",
     "adamw-in-backward": "revbench.states.in_backward:AdamWInBackward",
