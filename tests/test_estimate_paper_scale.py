@@ -3,37 +3,34 @@ from pathlib import Path
 
 import pandas as pd
 
-from revbench.reports.paper_scale import CACHE, ESTIMATES_CSV, FITS_CSV, paper_scale_section
+from revbench.cli import main
+from revbench.reports.paper_scale import CACHE, CURVES_CSV, PLOT, TABLE_CSV, Point, paper_scale_section
 
-SUITE = """
-name: paper-tiny
-description: the paper suite's shape on a 1-layer tiny model
-device: cuda
-model:
-  preset: tiny-qwen2-moe
-  layers: 1
-workload:
-  batch: 2
-  seq: 64
-methods: [standard, zero2-offload]
-"""
+COMBINATIONS = ("standard", "checkpointing", "revffn", "checkpoint+adamw+chunked", "revffn+adamw+chunked",
+                "zero2-offload")
+POINT = Point(model="tiny-qwen2-moe", layers=1, dtype="float32", seq=64, batches=(1, 2), table_batch=2,
+              combinations=COMBINATIONS, options={"chunk_tokens": 16})
 
 
-def test_paper_scale_section_writes_its_tables_and_reuses_them(tmp_path: Path) -> None:
-    suite = tmp_path / "paper-tiny.yaml"
-    suite.write_text(SUITE)
+def test_paper_scale_section_writes_curves_table_plot_and_ratio_and_reuses_them(tmp_path: Path) -> None:
     out = tmp_path / "report"
-    markdown = paper_scale_section(out, suite=str(suite), fit=False)
-    table = pd.read_csv(out / ESTIMATES_CSV).set_index("method")
-    assert table.loc["standard", "status"] == "ok" and table.loc["zero2-offload", "status"] == "ok"
-    # CUDA's default AdamW (foreach) holds a temporary the size of the weights that the per-parameter loop avoids.
-    assert table.loc["standard", "peak bytes"] > table.loc["standard", "peak bytes, foreach=False"]
-    assert bool(table.loc["standard", "fits 80 GB"]) and bool(table.loc["zero2-offload", "fits 80 GB"])
-    assert "## At paper scale" in markdown and "Model-state arithmetic" in markdown and ESTIMATES_CSV in markdown
-    assert "65.4" in markdown  # the paper's reported checkpointing peak, from the paper reference data
-    assert (out / FITS_CSV).is_file()
-    # A second render with the same source and point reuses the figures instead of estimating again.
+    markdown = paper_scale_section(out, POINT)
+    curves = pd.read_csv(out / CURVES_CSV)
+    assert set(curves["method"]) == set(COMBINATIONS) and sorted(set(curves["tokens"])) == [64, 128]
+    assert (curves["device"] > 0).all() and (curves[curves["method"] == "zero2-offload"]["host"] > 0).all()
+    table = pd.read_csv(out / TABLE_CSV).set_index("method")
+    assert table.loc["standard", "fits 80 GiB"] == "yes"  # a 1-layer tiny model fits, of course
+    assert "True" not in table.to_string() and "False" not in table.to_string()
+    assert (out / PLOT).is_file()
+    assert "revffn ÷ checkpointing" in markdown and "The paper's ratio" in markdown
+    assert "## At paper scale" in markdown and "Model-state arithmetic" in markdown
+    # A second render with the same source and points reuses the figures instead of estimating again.
     figures = json.loads((out / CACHE).read_text())
     figures["seconds"] = 12345
     (out / CACHE).write_text(json.dumps(figures))
-    assert "Computed in 12345 s" in paper_scale_section(out, suite=str(suite), fit=False)
+    assert "Computed in 12345 s" in paper_scale_section(out, POINT)
+
+
+def test_report_without_records_needs_paper_scale(capsys) -> None:
+    assert main(["report"]) == 2
+    assert "--paper-scale" in capsys.readouterr().err

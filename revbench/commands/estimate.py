@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -159,17 +160,9 @@ def estimate_row(name: str, spec: TrainSpec, args: argparse.Namespace) -> Row:
 
 
 def estimate_rows(names: list[str], spec: TrainSpec, args: argparse.Namespace) -> list[Row]:
-    import multiprocessing
-    import os
-    from concurrent.futures import ProcessPoolExecutor
+    from revbench.estimate.parallel import map_processes
 
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    jobs = min(len(names), args.jobs or cpus)
-    if jobs == 1:
-        return [estimate_row(name, spec, args) for name in names]
-    # spawn: a fresh interpreter per worker, never a fork of a process whose thread pools may be running.
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(estimate_row, names, [spec] * len(names), [args] * len(names)))
+    return map_processes(functools.partial(estimate_row, spec=spec, args=args), names, args.jobs)
 
 
 def handle(args: argparse.Namespace) -> int:

@@ -258,3 +258,27 @@ def _probes(ax: plt.Axes, frame: pd.DataFrame, key: str, variants: list[str]) ->
                     markersize=6, linestyle="none", zorder=3)
             ax.annotate(str(order), (run[key], y), xytext=(0, 6), textcoords="offset points", ha="center",
                         fontsize=7, color="black")
+
+
+def figure_with_budget(frame: pd.DataFrame, x: str, y: str, budget: int, title: str, xlabel: str,
+                       ylabel: str) -> Figure | None:
+    """One line of `y` (bytes) against `x` per method, a dashed line at the memory budget, log-2 x axis."""
+    if frame.empty:
+        return None
+    colors = variant_colors(list(frame["method"]))
+    fig, (ax,) = _figure(width=10.0, height=6.0)
+    for name, rows in frame.groupby("method", sort=False):
+        rows = rows.sort_values(x)
+        ax.plot(rows[x], rows[y] / BINARY["GiB"], label=name, **_style(colors, name))
+    ax.axhline(budget / BINARY["GiB"], color="black", linestyle="--", linewidth=1)
+    ax.annotate(f"{budget / BINARY['GiB']:,.0f} GiB", (frame[x].min(), budget / BINARY["GiB"]), xytext=(2, 3),
+                textcoords="offset points", fontsize=8)
+    ax.set_xscale("log", base=2)
+    ticks = sorted(frame[x].unique())
+    ax.set_xticks(ticks, labels=[f"{t:,}" for t in ticks])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, None)
+    ax.grid(alpha=0.3)
+    ax.legend(title="method", fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return _finish(fig, title)

@@ -1,0 +1,71 @@
+"""Every composition of activations x model states x loss: its estimate against its measured CPU step.
+
+The estimate runs the composition's own step on fake tensors, or DeepSpeed's layout model for ZeRO offload, so
+the two can differ only by what each side cannot see. Each bound below names that. CI runs one composition per
+technique value (each axis value at least once, next to the presets' own tests); `-m slow` runs them all.
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import replace
+
+import pytest
+import torch
+
+from revbench.benchmarks.axes import compositions as one_axis_at_a_time
+from revbench.data import Workload
+from revbench.estimate import estimate_method
+from revbench.harness import run_method
+from revbench.methods import AXES, Composition, TrainSpec
+from revbench.methods.method import combinations
+from revbench.models import ModelSpec, build_model
+
+# Python scalars wrapped into 0-dim tensors by kernels (the profiler sees them, the dispatch-level tracker not).
+SCALARS = 64
+RNG_STATE = torch.get_rng_state().numel()  # torch.utils.checkpoint saves one per checkpointed layer on CPU
+SPEC = TrainSpec(model=ModelSpec("tiny-qwen2-moe", layers=1), workload=Workload(batch=2, seq=64))
+
+
+def spec_for(composition: Composition) -> TrainSpec:
+    return replace(SPEC, options={"chunk_tokens": 32} if composition.loss == "chunked" else {})
+
+
+def _largest_parameter() -> int:
+    return max(p.numel() for p in build_model(SPEC.model).parameters())
+
+
+def bounds(composition: Composition) -> tuple[int, int]:
+    """(lowest, highest) of measured total minus estimated total, and why."""
+    largest = _largest_parameter() * 4
+    if composition.states == "zero2-offload":
+        return -largest, 0  # the layout adds the largest gradient's float32 hand-over to the host at its largest
+    if composition.states == "zero3-offload":
+        experts = (8 * 512 * 128 + 8 * 128 * 256) * 4  # the largest module's own parameters (the fused experts)
+        return -(experts + int(0.9 * 128 * 128) * 4), 0  # plus the prefetch bucket: ZeRO-3's gathered working set
+    high = SCALARS + (RNG_STATE if composition.activations == "checkpoint" else 0)
+    if composition.states.startswith("adamw-8bit"):
+        high += 5 * largest  # bitsandbytes' CPU update dequantizes to float32; the estimate models the CUDA kernel
+    return 0, high
+
+
+# The baseline and each other technique of each axis, one at a time (as `revbench bench axes` runs them).
+CI = {c.name for c in one_axis_at_a_time(list(AXES))}
+CASES = [pytest.param(c, id=c.name, marks=() if c.name in CI else pytest.mark.slow) for c in combinations()]
+
+
+@pytest.mark.deepspeed
+@pytest.mark.parametrize("composition", CASES)
+def test_estimate_matches_the_measured_step(composition: Composition) -> None:
+    gc.collect()  # earlier tests' garbage, collected inside the measured window, would lower the measured peak
+    spec = spec_for(composition)
+    measured = run_method(composition.name, spec, steps=1, warmup=1).metrics["memory"]["tensor_bytes"]
+    estimate = estimate_method(composition.name, spec, target="cpu")
+    assert estimate.status == "ok", estimate.reason
+    host = estimate.host_bytes
+    estimated_total = estimate.peak_bytes + estimate.host_peak_bytes
+    # The optimizer's states are laid out identically on both sides, to the byte.
+    assert estimate.tensor_bytes.optimizer + (host.optimizer if host else 0) == measured["optimizer"]
+    low, high = bounds(composition)
+    assert low <= measured["total"] - estimated_total <= high, (measured["total"], estimated_total)
+    assert (estimate.host_peak_bytes > 0) == composition.states.startswith("zero")
