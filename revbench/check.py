@@ -120,7 +120,9 @@ def run_key(record: RunRecord) -> tuple[str, ...]:
     config = record.config
     return (record.suite, json.dumps(config.get("model"), sort_keys=True), record.method,
             json.dumps(config.get("options") or {}, sort_keys=True),
-            json.dumps(config.get("workload"), sort_keys=True), str(config.get("repeat", 0)),
+            # A workload field left at None (e.g. `tokenizer`, added later) matches records written before it existed.
+            json.dumps({k: v for k, v in (config.get("workload") or {}).items() if v is not None}, sort_keys=True),
+            str(config.get("repeat", 0)),
             str(config.get("gpus", 1)), str(config.get("memory_budget_bytes")))
 
 

@@ -117,6 +117,15 @@ def test_status_change_fails(runs, tmp_path, capsys) -> None:
     assert code == 1 and "STATUS CHANGED" in capsys.readouterr().out
 
 
+def test_a_reference_from_before_a_new_workload_field_still_matches(runs) -> None:
+    older = copy.deepcopy(runs["reference"])
+    del older.config["workload"]["tokenizer"]  # recorded before Workload had the field
+    assert check([runs["again"]], [older]).compared == 1
+    tokenized = copy.deepcopy(runs["again"])
+    tokenized.config["workload"]["tokenizer"] = "smollm2"  # a different measurement: not matched
+    assert check([tokenized], [older]).compared == 0
+
+
 def test_missing_run_fails_and_new_run_is_reported(runs) -> None:
     result = check([runs["reference"]], [runs["reference"], runs["budget_ok"]])
     assert [r["verdict"] for r in result.failures] == ["MISSING RUN"]

@@ -197,3 +197,17 @@ def test_cuda_inputs_are_rebuilt_bit_exactly_or_the_checksum_says_so(dtype: str)
     worst = max(((rev[n] - van[n]).float().norm() / van[n].float().norm()).item() for n in van
                 if "k_proj.bias" not in n)
     assert worst <= (1e-6 if dtype == "float32" else 1e-2)
+
+
+def test_forward_keeps_a_fraction_of_checkpointing_s_bytes_per_layer() -> None:
+    from revbench.benchmarks.depth import forward_kept_bytes
+    from revbench.data import Workload
+    from revbench.methods import TrainSpec
+
+    def kept(method: str, layers: int) -> int:
+        spec = TrainSpec(model=ModelSpec("tiny-qwen2-moe", layers=layers), workload=Workload(batch=2, seq=64))
+        return forward_kept_bytes(method, spec)
+
+    ours, theirs = kept("revexact", 3) - kept("revexact", 2), kept("checkpointing", 3) - kept("checkpointing", 2)
+    side = 2 * 64 * 128 * 5 // 8  # k = 5 bits per element of one layer's hidden state
+    assert side <= ours <= 0.5 * theirs and theirs >= 2 * 64 * 128 * 4  # checkpointing keeps a float32 input

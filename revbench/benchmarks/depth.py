@@ -15,10 +15,13 @@ import sys
 from typing import Any
 
 import pandas as pd
+import torch
+from torch.profiler import ProfilerActivity, profile
 
-from revbench.data import Workload
+from revbench.data import TokenStream, Workload
 from revbench.harness import run_method
-from revbench.methods import TrainSpec
+from revbench.measure.profiler_bytes import _allocation_events
+from revbench.methods import TrainSpec, create_method
 from revbench.models import ModelSpec, parse_dtype
 
 # (column label, method, options): RevFFN's vanilla mode runs the very same blocks through plain autograd.
@@ -68,6 +71,32 @@ def parse_runs(text: str) -> list[tuple[str, str, dict[str, Any]]]:
     return [(label, *known[label]) for label, *_ in RUNS if label in wanted]
 
 
+def forward_kept_bytes(method: str, spec: TrainSpec) -> int:
+    """Tensor bytes a training forward leaves alive for its backward (allocated in the forward and not freed by its
+    end; profiler allocation events). Unlike the step's peak, which can fall where a design has already freed
+    what it kept (the end of backward), this is exactly what each layer costs a design until backward reaches it."""
+    trainer = create_method(method, spec)
+    trainer.prepare()
+    try:
+        ids = TokenStream(spec.workload, trainer.vocab_size).batch(0).to(spec.device)
+        device_type = torch.device(spec.device).type
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device_type == "cuda" else [])
+        with profile(activities=activities, profile_memory=True) as prof:
+            loss = trainer.model(input_ids=ids, labels=ids).loss
+        live: dict[int, int] = {}
+        for event in _allocation_events(prof):
+            if event.extra_fields.device.type != device_type:
+                continue
+            if event.extra_fields.alloc_size > 0:
+                live[event.extra_fields.ptr] = event.extra_fields.alloc_size
+            else:
+                live.pop(event.extra_fields.ptr, None)
+        del loss
+        return sum(live.values())
+    finally:
+        trainer.teardown()
+
+
 def measure_depth(args: argparse.Namespace, runs: list[tuple[str, str, dict[str, Any]]], depth: int
                   ) -> dict[str, Any]:
     row: dict[str, Any] = {"layers": depth}
@@ -78,6 +107,7 @@ def measure_depth(args: argparse.Namespace, runs: list[tuple[str, str, dict[str,
                          device=args.device, options=options)
         result = run_method(method, spec, steps=args.steps, warmup=args.warmup)
         row[f"act {label}"] = result.metrics["memory"]["tensor_bytes"]["activations"]
+        row[f"kept {label}"] = forward_kept_bytes(method, spec)
         seconds[label] = result.metrics["step_time_s"]["median"]
         if label == "revffn":
             stats = result.method_stats
@@ -103,12 +133,14 @@ def handle(args: argparse.Namespace) -> int:
     table = pd.DataFrame([measure_depth(args, runs, depth) for depth in depths]).set_index("layers")
     shown = table.copy()
     for label in labels:  # exact byte counts, with thousands separators
-        shown[f"act {label}"] = shown[f"act {label}"].map("{:,}".format)
+        for kind in ("act", "kept"):
+            shown[f"{kind} {label}"] = shown[f"{kind} {label}"].map("{:,}".format)
     dtype = str(parse_dtype("auto", args.device)).removeprefix("torch.")
     print(f"Depth scaling on {args.model}, batch {args.batch} x seq {args.seq}, {dtype} on {args.device}, AdamW; "
           f"{args.warmup} warm-up + 1 profiled + {args.steps} timed steps per run.\n"
           f"act = peak activation bytes (peak tensor bytes minus params, grads and optimizer states; profiler "
-          f"allocation events); time = median step time relative to standard backprop or checkpointing; RevFFN: "
+          f"allocation events); kept = tensor bytes the forward leaves alive for backward; time = median step "
+          f"time relative to standard backprop or checkpointing; RevFFN: "
           f"mean fixed-point iterations per layer, worst per-token relative residual ||X1' + F(X1', X2') - Y1|| / "
           f"||Y1|| of the last backward, layer fallbacks over all steps; revexact: layers whose rebuilt input "
           f"failed its checksum.")
@@ -118,15 +150,16 @@ def handle(args: argparse.Namespace) -> int:
     print(f"\nActivation bytes at {last} layers relative to {base} layers: "
           + ", ".join(f"{label} {ratio:.2f}x" for label, ratio in growth.items()))
     if last > base:
-        slope = {label: (table.loc[last, f"act {label}"] - table.loc[base, f"act {label}"]) / (last - base)
-                 for label in labels}
-        line = "Activation bytes per added layer: " + ", ".join(f"{label} {slope[label]:,.0f}" for label in labels)
-        if "checkpointing" in slope:
-            ref = slope["checkpointing"]
-            line += "; relative to checkpointing's: " + ", ".join(
-                f"{label} {slope[label] / ref:.3f}x" if ref > 0 else f"{label} n/a (checkpointing's is {ref:,.0f})"
-                for label in labels if label in LEAN)
-        print(line)
+        for kind, title in (("kept", "Bytes kept by the forward"), ("act", "Peak activation bytes")):
+            slope = {label: (table.loc[last, f"{kind} {label}"] - table.loc[base, f"{kind} {label}"]) / (last - base)
+                     for label in labels}
+            line = f"{title} per added layer: " + ", ".join(f"{label} {slope[label]:,.0f}" for label in labels)
+            if "checkpointing" in slope:
+                ref = slope["checkpointing"]
+                line += "; relative to checkpointing's: " + ", ".join(
+                    f"{label} {slope[label] / ref:.3f}x" if ref > 0 else f"{label} n/a (checkpointing's is {ref:,.0f})"
+                    for label in labels if label in LEAN)
+            print(line)
     if "checkpointing" in labels and any(label in LEAN for label in labels):
         print(f"Step time at {last} layers relative to checkpointing (median of {args.steps} timed steps): "
               + ", ".join(f"{label} {table.loc[last, f'time {label}/checkpointing']:.3f}x"

@@ -44,7 +44,7 @@ class ExactReversibleStack(torch.autograd.Function):
         b = grad_out if grad_out is not None else torch.zeros(x_next.shape, dtype=torch.float32,
                                                              device=x_next.device)
         a = torch.zeros_like(b)
-        cache: list[torch.Tensor] | None = None  # the fallback's recomputed streams x_0..x_{n-1}
+        cache: list[torch.Tensor] | None = None  # the fallback's recomputed streams x_0..x_{n-1}, popped as used
         counts = {"recomputed_layer_forwards": 0, "fallback_bytes_kept": 0}
         stats: list[LayerStats] = []
         with run.autocast.replay():
@@ -60,7 +60,7 @@ class ExactReversibleStack(torch.autograd.Function):
                     break
                 a, b = -run.grid.gamma * b, a + grad_h.float()
                 if cache is not None:  # below a fallback: the inputs are known exactly
-                    x_prev, ok = cache[n - 1], None
+                    x_prev, ok = cache.pop(), None
                 else:
                     x_prev = run.grid.invert(x_next, q, unpack(rec.side))
                     rec.side = None  # used once: free it as the backward goes down
@@ -68,7 +68,7 @@ class ExactReversibleStack(torch.autograd.Function):
                     ok = is_fake(x_prev) or bool(torch.equal(run.checksum(x_prev), rec.checksum))
                     if not ok:
                         cache = _recompute(run, n, embeds, counts)
-                        x_prev = cache[n - 1]
+                        x_prev = cache.pop()
                 stats.append(LayerStats(n, ok, ok is False, flips, exact))
                 x_cur, x_next = x_prev, x_cur
         run.on_backward(stats[::-1], counts)
