@@ -36,9 +36,9 @@ class RevFFN(Activations):
         if states == "lora":
             return ("LoRA freezes every weight but its own adapters, so RevFFN's newly initialised stream adapters "
                     "would never train")
-        if states.startswith("zero") and self.stage == "two-stage":
-            return ("DeepSpeed fixes the trainable parameters at initialize, so RevFFN stage 'two-stage' (which thaws "
-                    "the pretrained weights mid-run) cannot run on it; use stage 'full' or 'warmup'")
+        if (states.startswith("zero") or states == "adamw-ddp") and self.stage == "two-stage":
+            return ("DeepSpeed and DDP fix the trainable parameters at initialize, so RevFFN stage 'two-stage' (which "
+                    "thaws the pretrained weights mid-run) cannot run on it; use stage 'full' or 'warmup'")
         return None
 
     def before_step(self, model: nn.Module, step: int) -> None:

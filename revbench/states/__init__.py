@@ -3,6 +3,7 @@ One file each; imported only when used (DeepSpeed, PEFT and bitsandbytes are hea
 
 STATES: dict[str, str] = {
     "adamw": "revbench.states.adamw:AdamW",
+    "adamw-ddp": "revbench.states.ddp:AdamWDDP",
     "adamw-in-backward": "revbench.states.in_backward:AdamWInBackward",
     "adamw-8bit": "revbench.states.adamw_8bit:AdamW8bit",
     "adamw-8bit-in-backward": "revbench.states.in_backward:AdamW8bitInBackward",

@@ -20,6 +20,9 @@ class ModelStates:
     not_estimable: ClassVar[str | None] = None  # why fake tensors cannot run it, or None
     precision: ClassVar[str] = "the model's dtype: float32 on CPU, bfloat16 on CUDA, optimizer states alike"
     uses_adamw_implementation: ClassVar[bool] = True  # whether optimizer.implementation applies
+    # How the states are laid out over several ranks (data parallel), or None where the technique keeps whole,
+    # unsynchronised states in each process and so cannot run on more than one rank.
+    data_parallel: ClassVar[str | None] = None
 
     def __init__(self, spec: TrainSpec) -> None:
         self.spec = spec

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from revbench.measure.categories import HOST, StateTensors
+from revbench.ranks import world_size
 from revbench.records import project_relative
 from revbench.states.base import ModelStates
 from revbench.states.deepspeed_runtime import SingleProcessGroup, announce_compiles, import_deepspeed
@@ -157,7 +158,8 @@ class ZeroOffload(ModelStates):
         started = time.perf_counter()
         self.group.open(deepspeed, self.device)
         try:
-            self.config = fill_config(config, self.spec.workload.batch, next(model.parameters()).dtype,
+            # workload.batch is the global batch; each rank trains on its share (revbench.ranks).
+            self.config = fill_config(config, self.spec.workload.batch // world_size(), next(model.parameters()).dtype,
                                       model.config.hidden_size)
             announce_compiles(["CPUAdamBuilder"])
             trainable = [p for p in model.parameters() if p.requires_grad]
@@ -205,6 +207,7 @@ class ZeroOffload(ModelStates):
 
 class Zero2Offload(ZeroOffload):
     name = "zero2-offload"
+    data_parallel = "parameters replicated; gradients and optimizer states partitioned over the ranks"
     stage = 2
     offload_param = False
     config_name = "zero2-offload"
@@ -212,6 +215,7 @@ class Zero2Offload(ZeroOffload):
 
 class Zero3Offload(ZeroOffload):
     name = "zero3-offload"
+    data_parallel = "parameters, gradients and optimizer states partitioned over the ranks"
     stage = 3
     offload_param = True
     config_name = "zero3-offload"
