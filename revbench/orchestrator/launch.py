@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from revbench.orchestrator.lock import TMP_DIR
-from revbench.orchestrator.merge import describe_exit, merge_outcomes, torchrun_exits
+from revbench.orchestrator.merge import describe_exit, failure, merge_outcomes, torchrun_exits
 from revbench.orchestrator.plan import PlannedRun, world_size
 from revbench.orchestrator.worker import rank_result
 from revbench.records import RunRecord
@@ -64,12 +64,15 @@ def read_outcome(run: PlannedRun, result: Path, log_path: Path) -> dict[str, Any
         return json.loads(result.read_text()) if result.is_file() else None
     files = [rank_result(result, rank, ranks) for rank in range(ranks)]
     outcomes = [json.loads(f.read_text()) if f.is_file() else None for f in files]
-    try:
-        exits = torchrun_exits(log_path.read_text(errors="replace"))
-    except OSError:
-        exits = {}
     workload = run.config["workload"]
-    return merge_outcomes(outcomes, exits, workload["batch"], workload["batch"] * workload["seq"])
+    return merge_outcomes(outcomes, rank_exits(log_path), workload["batch"], workload["batch"] * workload["seq"])
+
+
+def rank_exits(log_path: Path) -> dict[int, int]:
+    try:
+        return torchrun_exits(log_path.read_text(errors="replace"))
+    except OSError:
+        return {}
 
 
 def _stamp() -> str:
@@ -170,7 +173,11 @@ def execute(run: PlannedRun, out_dir: Path, env: dict[str, Any], on_progress: On
         record.error = f"no result after the {timeout_s:g} s timeout, {reader.where()}; the run was killed"
     else:
         tail = _log_tail(log_path)
+        ranks = world_size(run.config)
         record.status = "error"
-        record.error = (f"the worker {describe_exit(proc.returncode)} {reader.where()}, without a result"
-                        + (f"; its log ends: {tail}" if tail else ""))
+        record.error = (f"{'torchrun' if ranks > 1 else 'the worker'} {describe_exit(proc.returncode)} "
+                        f"{reader.where()}, without a result")
+        if ranks > 1:
+            record.error += f"; {failure([None] * ranks, rank_exits(log_path))[1]}"
+        record.error += f"; its log ends: {tail}" if tail else ""
     return record
