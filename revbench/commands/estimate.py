@@ -8,6 +8,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+from revbench.commands import estimate_gpus
 from revbench.commands.args import at_least_two, positive, size
 from revbench.units import format_bytes
 
@@ -38,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--fit", nargs="?", const="batch", choices=AXES, default=None,
                         help="find per method the largest batch (default) or seq under --budget")
     parser.add_argument("--json", action="store_true", help="print one JSON object per method")
+    estimate_gpus.add_arguments(parser)
     parser.set_defaults(handler=handle)
 
 
@@ -93,6 +95,8 @@ def handle(args: argparse.Namespace) -> int:
     from revbench.models.validate import ShapeError, validate_model
     from revbench.models.zoo import parse_dtype
 
+    if args.gpus is not None:
+        return estimate_gpus.handle(args)
     names = _methods(args.method)
     if args.fit and args.budget is None:
         raise ValueError("--fit needs --budget, e.g. --budget 80GiB")
