@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 from revbench.data import Workload
+from revbench.estimate.sharding import ModelShape, rank_states
 from revbench.models import ModelSpec
 from revbench.orchestrator import Suite, plan_run
 from revbench.orchestrator.launch import execute
@@ -84,9 +85,14 @@ def test_zero2_partitions_gradients_and_optimizer_states_but_not_parameters(zero
     assert two["params"] - two["host_params"] >= 4 * PARAMS  # every rank holds the whole model's parameters
 
 
-def test_ddp_two_ranks_train_like_one_and_replicate_the_states(tmp_path: Path) -> None:
-    method = "store+adamw-ddp+full"
-    one, two = measured(method, 1, tmp_path), measured(method, 2, tmp_path)
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, RunRecord]:
+    out = tmp_path_factory.mktemp("ddp")
+    return {ranks: measured("store+adamw-ddp+full", ranks, out) for ranks in (1, 2)}
+
+
+def test_ddp_two_ranks_train_like_one_and_replicate_the_states(ddp_runs: dict) -> None:
+    one, two = ddp_runs[1], ddp_runs[2]
     assert two.losses == pytest.approx(one.losses, rel=LOSS_RTOL)
     for rank in (0, 1):
         replica = tensor_bytes(two, rank)
@@ -95,6 +101,22 @@ def test_ddp_two_ranks_train_like_one_and_replicate_the_states(tmp_path: Path) -
         assert replica["optimizer"] == 8 * PARAMS + 35 * 4  # and a float32 step counter per parameter tensor
     throughput = two.metrics["samples_per_s"]
     assert throughput == pytest.approx(2 / two.metrics["step_seconds"][0])  # both ranks' samples per step
+
+
+STATE_FIELDS = ("params", "grads", "optimizer", "host_params", "host_grads", "host_optimizer")
+
+
+@pytest.mark.deepspeed
+@pytest.mark.parametrize("states", ["zero2-offload", "zero3-offload", "adamw-ddp"])
+def test_the_sharding_estimate_is_every_measured_rank_to_the_byte(zero_runs: dict, ddp_runs: dict,
+                                                                  states: str) -> None:
+    shape = ModelShape.of(ModelSpec(layers=2), "cpu")
+    for ranks in (1, 2):
+        record = ddp_runs[ranks] if states == "adamw-ddp" else zero_runs[states, ranks]
+        estimate = rank_states(states, shape, ranks, "cpu").to_dict()
+        for rank in range(ranks):
+            measured_bytes = tensor_bytes(record, rank if ranks > 1 else None)
+            assert {k: estimate[k] for k in STATE_FIELDS} == {k: measured_bytes[k] for k in STATE_FIELDS}
 
 
 def rank_process(rank: int) -> psutil.Process | None:

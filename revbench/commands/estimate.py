@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "and allocator fragmentation are not tensors: leave headroom under the GPU's capacity.")
     parser.add_argument("--model", required=True, help="model preset, e.g. qwen1.5-moe-a2.7b or tiny-qwen2-moe")
     parser.add_argument("--method", default="all", help="comma-separated methods, or all (default)")
-    parser.add_argument("--batch", type=positive, default=2)
+    parser.add_argument("--batch", type=positive, default=None,
+                        help="the (global) batch; default 2, or with --gpus N one sample per GPU (N)")
     parser.add_argument("--seq", type=at_least_two, default=128)
     parser.add_argument("--layers", type=positive, default=None, help="override the preset's number of layers")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 for cuda, fp32 for cpu), bf16, fp32, ...")
@@ -97,6 +98,7 @@ def handle(args: argparse.Namespace) -> int:
 
     if args.gpus is not None:
         return estimate_gpus.handle(args)
+    args.batch = args.batch or 2
     names = _methods(args.method)
     if args.fit and args.budget is None:
         raise ValueError("--fit needs --budget, e.g. --budget 80GiB")

@@ -8,7 +8,7 @@ import json
 import sys
 import time
 
-from revbench.commands.args import positive
+from revbench.commands.args import positive, size
 from revbench.units import format_bytes
 
 
@@ -19,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "the smallest N that fits each, at the same per-GPU batch")
     parser.add_argument("--gpus-per-node", type=positive, default=8, metavar="G",
                         help="ranks per node, for the host bytes of a node (default 8)")
+    parser.add_argument("--host-budget", type=size, default=None, metavar="SIZE",
+                        help="with --gpus --fit: host memory per node that CPU offload may use, e.g. 1TiB")
 
 
 def _table(result: object, budget: int | None, fit: bool) -> str:
@@ -51,8 +53,11 @@ def handle(args: argparse.Namespace) -> int:
 
     if args.fit and args.budget is None:
         raise ValueError("--fit needs --budget, e.g. --budget 80GiB")
+    if args.host_budget is not None and not args.fit:
+        raise ValueError("--host-budget applies to --gpus N --fit")
     if args.method != "all":
         raise ValueError("--gpus estimates every data-parallel method; leave --method out")
+    args.batch = args.batch or args.gpus
     if args.batch % args.gpus:
         raise ValueError(f"--batch {args.batch} is the global batch and must split evenly over --gpus {args.gpus}; "
                          f"give --batch a multiple of {args.gpus} (e.g. --batch {args.gpus}: one sample per GPU)")
@@ -60,7 +65,7 @@ def handle(args: argparse.Namespace) -> int:
                      workload=Workload(batch=args.batch, seq=args.seq, data="synthetic"))
     start = time.perf_counter()
     result = estimate_scale_out(spec, args.gpus, args.device, args.gpus_per_node,
-                                args.budget if args.fit else None,
+                                args.budget if args.fit else None, args.host_budget,
                                 progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
     if args.json:
         for name, peak in result.peaks.items():
@@ -74,8 +79,12 @@ def handle(args: argparse.Namespace) -> int:
         print(f"{name}: refused: {reason.split(': ', 1)[-1]}")
     for activations, error in result.transient_errors.items():
         print(f"{activations}: activations not estimated: {error}")
+    note = ""
+    if args.fit:
+        host = f"; a node's host bytes must fit {format_bytes(args.host_budget)}" if args.host_budget else ""
+        note = f" --fit holds the per-GPU batch and adds ranks{host}."
     print(f"Wall time {time.perf_counter() - start:.1f} s. Per GPU: the model states each rank keeps on its GPU, "
           f"ZeRO-3's gathered layer, and the activations of the per-rank batch (a fake-tensor step). Not counted: "
           f"optimizer workspace, in-flight gradient buckets, the CUDA context and fragmentation: leave headroom."
-          + (" --fit holds the per-GPU batch and adds ranks." if args.fit else ""))
+          f"{note}")
     return 0

@@ -62,7 +62,10 @@ def transient_bytes(activations: str, spec: TrainSpec, target: str) -> tuple[int
 
 
 def estimate_scale_out(spec: TrainSpec, ranks: int, target: str = "cuda", ranks_per_node: int = 8,
-                       budget: int | None = None, progress: Callable[[str], None] | None = None) -> ScaleOut:
+                       budget: int | None = None, host_budget: int | None = None,
+                       progress: Callable[[str], None] | None = None) -> ScaleOut:
+    """The figures at `ranks` ranks; with `budget` (per GPU, and `host_budget` per node where given) the
+    smallest rank count at which each combination fits."""
     check_divisible(spec.workload.batch, ranks)
     rank_batch = spec.workload.batch // ranks
     rank_spec = replace(spec, workload=replace(spec.workload, batch=rank_batch))
@@ -88,5 +91,9 @@ def estimate_scale_out(spec: TrainSpec, ranks: int, target: str = "cuda", ranks_
 
         peaks[composition.name] = peak(ranks)
         if budget is not None and transient[composition.activations] is not None:
-            fits[composition.name] = smallest_ranks(lambda n, p=peak: p(n).per_gpu, budget)
+            def fit(n: int, p: Callable[[int], RankPeak] = peak) -> bool:
+                at = p(n)
+                return at.per_gpu <= budget and (host_budget is None or at.host_per_node <= host_budget)
+
+            fits[composition.name] = smallest_ranks(fit)
     return ScaleOut(ranks, spec.workload.batch, shape, peaks, refused, errors, fits)

@@ -22,6 +22,7 @@ padded to ceil(numel / N), so P/N above is the sum of those. A node of G ranks h
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -177,14 +178,15 @@ class RankPeak:
                 "host_per_node": self.host_per_node, "ranks_per_node": self.ranks_per_node}
 
 
-def smallest_ranks(peak_at: Any, budget: int, cap: int = 4096) -> int | None:
-    """The smallest N (doubling, then bisecting: per-GPU bytes only fall as N grows) with peak_at(N) <= budget."""
+def smallest_ranks(fits: Callable[[int], bool], cap: int = 4096) -> int | None:
+    """The smallest N <= cap with fits(N), doubling then bisecting: per-GPU bytes, and a node's host bytes,
+    only fall as N grows (None: not even at cap)."""
     low, high = 0, 1
-    while peak_at(high) > budget:
+    while not fits(high):
         if high >= cap:
             return None
         low, high = high, min(2 * high, cap)
     while high - low > 1:
         middle = (low + high) // 2
-        low, high = (low, middle) if peak_at(middle) <= budget else (middle, high)
+        low, high = (low, middle) if fits(middle) else (middle, high)
     return high
