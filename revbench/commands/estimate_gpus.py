@@ -31,7 +31,7 @@ def _table(result: object, budget: int | None, fit: bool) -> str:
         states = peak.states
         row = {"method": name, "per GPU": "-" if peak.per_gpu is None else format_bytes(peak.per_gpu),
                "states on GPU": format_bytes(states.device), "gathered layer": format_bytes(states.gathered),
-               "activations": "-" if peak.transient is None else format_bytes(peak.transient),
+               "backward transient": "-" if peak.transient is None else format_bytes(peak.transient),
                "host per rank": format_bytes(states.host),
                f"host per node ({min(peak.ranks, peak.ranks_per_node)} ranks)": format_bytes(peak.host_per_node)}
         if budget is not None:
@@ -84,7 +84,8 @@ def handle(args: argparse.Namespace) -> int:
         host = f"; a node's host bytes must fit {format_bytes(args.host_budget)}" if args.host_budget else ""
         note = f" --fit holds the per-GPU batch and adds ranks{host}."
     print(f"Wall time {time.perf_counter() - start:.1f} s. Per GPU: the model states each rank keeps on its GPU, "
-          f"ZeRO-3's gathered layer, and the activations of the per-rank batch (a fake-tensor step). Not counted: "
-          f"optimizer workspace, in-flight gradient buckets, the CUDA context and fragmentation: leave headroom."
+          f"ZeRO-3's gathered layer, and the backward transient of the per-rank batch (activations and the gradient "
+          f"in flight, from a fake-tensor step). Not counted: optimizer workspace, further gradient buckets, the "
+          f"CUDA context and fragmentation: leave headroom."
           f"{note}")
     return 0

@@ -3,10 +3,11 @@ and with a budget the smallest N at which each fits.
 
 Per GPU = the composition's persistent device model states at N ranks (`sharding`, layout arithmetic) + ZeRO-3's
 gathered layer + the activation technique's transient bytes at the per-rank batch. The transient bytes come
-from a fake-tensor step of the activation technique with AdamW stepped in backward, whose peak falls in backward
-where activations are largest (a plain AdamW step's peak may fall in its optimizer phase, with no activations
-left). Not counted: DDP's optimizer workspace (the foreach sqrt temporary, as large as the parameters), the
-CUDA context, and allocator fragmentation.
+from a fake-tensor step of the activation technique with AdamW stepped in backward: its peak falls in backward,
+where it holds what forward kept for backward and the gradient being produced (a plain AdamW step's peak may
+fall in its optimizer phase, with no activations left). Not counted: the optimizer step's workspace (DDP's
+foreach sqrt temporary is as large as the parameters), gradient buckets beyond that one gradient, the CUDA
+context and allocator fragmentation.
 
 `workload.batch` is the global batch, as in a run: each of N ranks takes batch/N rows. `--fit` holds that
 per-rank batch and adds ranks (the global batch grows with N), as scaling out does.
