@@ -1,6 +1,7 @@
 """Real multi-rank runs on CPU: torchrun starts 2 gloo ranks, each trains on half the global batch, and the
 parent merges their outcomes into one record. Kept small (2 layers, seq 32, 1 timed step: 10-30 s a run on
-2 cores); the full `scale-out` suite is `revbench run scale-out`.
+2 cores; about 2 minutes for the file, most of it DeepSpeed's start-up); the full `scale-out` suite is
+`revbench run scale-out`.
 
 Identity across ranks: N ranks train on the same global batch as one rank, so their losses agree within
 LOSS_RTOL. They are not bit-identical: the router's load-balancing loss is computed over each rank's own
@@ -130,7 +131,6 @@ def rank_process(rank: int) -> psutil.Process | None:
     return None
 
 
-@pytest.mark.slow
 def test_a_rank_that_dies_takes_the_run_down_cleanly(tmp_path: Path) -> None:
     method = "store+adamw-ddp+full"
     suite = Suite(name="death", model=ModelSpec(layers=1), workload=Workload(batch=2, seq=16), methods=[method],
