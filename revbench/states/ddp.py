@@ -68,7 +68,8 @@ class AdamWDDP(ModelStates):
 
     def stats(self) -> dict[str, Any]:
         world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-        return {"world_size": world, "bucket_cap_mb": BUCKET_CAP_MB, "buckets": len(self.buckets)}
+        return {"world_size": world, "data_parallel": self.data_parallel, "bucket_cap_mb": BUCKET_CAP_MB,
+                "buckets": len(self.buckets)}
 
     def teardown(self) -> None:
         self.wrapped, self.buckets = None, {}

@@ -193,8 +193,9 @@ class ZeroOffload(ModelStates):
             return {name: p.detach().cpu().clone() for name, p in params.items()}
 
     def stats(self) -> dict[str, Any]:
-        return {"zero_stage": self.stage, "offload_optimizer": "cpu", "offload_param": "cpu" if self.offload_param
-                else "none", "config_file": project_relative(self.config_path), "ds_config": self.config,
+        return {"zero_stage": self.stage, "data_parallel": self.data_parallel, "offload_optimizer": "cpu",
+                "offload_param": "cpu" if self.offload_param else "none",
+                "config_file": project_relative(self.config_path), "ds_config": self.config,
                 "init_seconds": self.init_seconds}
 
     def teardown(self) -> None:
