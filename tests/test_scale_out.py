@@ -13,7 +13,7 @@ from revbench.data import Workload
 from revbench.models import ModelSpec
 from revbench.orchestrator import Suite, SuiteError, plan_run
 from revbench.orchestrator.launch import worker_command, worker_env
-from revbench.orchestrator.merge import merge_outcomes, torchrun_exits
+from revbench.orchestrator.merge import failure, merge_outcomes, torchrun_exits
 from revbench.orchestrator.plan import world_size
 from revbench.orchestrator.worker import rank_result
 from revbench.ranks import rank_batch
@@ -123,6 +123,9 @@ def test_a_dead_rank_is_named_with_why() -> None:
     assert merged["error"] == ("rank 1 left no result: it was killed by SIGKILL (the kernel's OOM killer sends "
                                "SIGKILL when host memory runs out)")
     assert merge_outcomes([None, None], {}, 8, 256) is None
+    _, error = failure([None, None], {0: -15, 1: -9})
+    assert error.startswith("rank 1 left no result: it was killed by SIGKILL")
+    assert error.endswith("rank 0 left no result: it was stopped by torchrun (SIGTERM) when another rank failed")
 
 
 def test_an_oom_on_one_rank_outranks_the_echo_on_the_others() -> None:

@@ -75,9 +75,15 @@ def failure(outcomes: list[dict[str, Any] | None], exits: dict[int, int]) -> tup
     statuses = [o["status"] for o in failed.values()] or ["error"]
     status = min(statuses, key=lambda s: STATUS_ORDER.index(s) if s in STATUS_ORDER else len(STATUS_ORDER))
     parts = [f"rank {rank} ({o['status']}): {o['error']}" for rank, o in failed.items()]
-    for rank in missing:
-        why = (describe_exit(exits[rank]) if rank in exits
-               else "was stopped by torchrun when another rank failed, or never started")
+    # torchrun stops the other ranks with SIGTERM once one fails: the rank that died on its own comes first.
+    stopped = -signal.SIGTERM.value
+    for rank in sorted(missing, key=lambda r: exits.get(r) == stopped):
+        if exits.get(rank) == stopped:
+            why = "was stopped by torchrun (SIGTERM) when another rank failed"
+        elif rank in exits:
+            why = describe_exit(exits[rank])
+        else:
+            why = "was stopped by torchrun when another rank failed, or never started"
         parts.append(f"rank {rank} left no result: it {why}")
     return status, "; ".join(parts)
 
