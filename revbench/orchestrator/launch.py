@@ -168,6 +168,10 @@ def execute(run: PlannedRun, out_dir: Path, env: dict[str, Any], on_progress: On
         record.status, record.error, record.env = outcome["status"], outcome["error"], outcome["env"]
         record.losses, record.metrics, record.method_stats = (outcome["losses"], outcome["metrics"],
                                                               outcome["method_stats"])
+        if timed_out and record.status != "ok":  # some ranks reported, the others were still running
+            record.status = "timeout"
+            record.error = f"not every rank reported within the {timeout_s:g} s timeout; the run was killed: " \
+                           f"{record.error}"
     elif timed_out:
         record.status = "timeout"
         record.error = f"no result after the {timeout_s:g} s timeout, {reader.where()}; the run was killed"
