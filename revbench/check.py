@@ -122,14 +122,16 @@ def run_key(record: RunRecord) -> tuple[str, ...]:
             json.dumps(config.get("options") or {}, sort_keys=True),
             # A workload field left at None (e.g. `tokenizer`, added later) matches records written before it existed.
             json.dumps({k: v for k, v in (config.get("workload") or {}).items() if v is not None}, sort_keys=True),
-            str(config.get("repeat", 0)),
-            str(config.get("gpus", 1)), str(config.get("memory_budget_bytes")))
+            str(config.get("repeat", 0)), str(config.get("gpus", 1)), str(config.get("memory_budget_bytes")),
+            str(config.get("ranks", 1)))
 
 
 def run_label(record: RunRecord) -> str:
     model, options, workload = _label(record.config)
     method = f"{record.method} ({options})" if options else record.method
     label = f"{record.suite} · {model} · {method} · {workload}"
+    if record.config.get("ranks", 1) > 1:
+        label += f" · {record.config['ranks']} ranks"
     if record.config.get("memory_budget_bytes"):
         label += f" · budget {record.config['memory_budget_bytes'] / 2**20:,.0f} MiB"
     repeat = record.config.get("repeat", 0)

@@ -23,6 +23,7 @@ from revbench.measure.profiler_bytes import measure_peak_bytes
 from revbench.measure.timing import StepTimer, step_stats
 from revbench.methods import TrainSpec, create_method
 from revbench.methods.method import Method
+from revbench.ranks import rank_batch
 
 Progress = Callable[[str, int, int], None]  # (phase, step done, steps in all)
 
@@ -68,6 +69,7 @@ def run_method(
                                                            result)
         result.metrics = {
             **step_stats(timer.seconds, spec.workload.batch, spec.workload.tokens_per_step),
+            "step_seconds": timer.seconds,  # each timed step, so a multi-rank run can take the slowest rank's
             "memory": {
                 "tensor_bytes": tensor_bytes.to_dict(),
                 "cuda_allocator": cuda_allocator.allocator_peaks(device),
@@ -90,7 +92,7 @@ def _train_and_measure(method: Method, spec: TrainSpec, steps: int, warmup: int,
     stream = TokenStream(spec.workload, method.vocab_size)
 
     def run_step(index: int) -> float:
-        loss = float(method.train_step(stream.batch(index)))
+        loss = float(method.train_step(rank_batch(stream.batch(index))))  # this rank's rows of the global batch
         result.losses.append(loss)
         if not math.isfinite(loss):
             raise DivergedError(f"loss is {loss} at step {index}")

@@ -36,9 +36,12 @@ class RevFFN(Activations):
         if states == "lora":
             return ("LoRA freezes every weight but its own adapters, so RevFFN's newly initialised stream adapters "
                     "would never train")
-        if states.startswith("zero") and self.stage == "two-stage":
-            return ("DeepSpeed fixes the trainable parameters at initialize, so RevFFN stage 'two-stage' (which thaws "
-                    "the pretrained weights mid-run) cannot run on it; use stage 'full' or 'warmup'")
+        if states == "zero3-offload":
+            return ("RevFFN's reversible backward recomputes through the weights outside the module calls where ZeRO-3 "
+                    "gathers them, so it finds them partitioned away (size 0); use zero2-offload or adamw-ddp")
+        if (states.startswith("zero") or states == "adamw-ddp") and self.stage == "two-stage":
+            return ("DeepSpeed and DDP fix the trainable parameters at initialize, so RevFFN stage 'two-stage' (which "
+                    "thaws the pretrained weights mid-run) cannot run on it; use stage 'full' or 'warmup'")
         return None
 
     def before_step(self, model: nn.Module, step: int) -> None:

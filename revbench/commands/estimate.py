@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from revbench.commands import estimate_gpus
 from revbench.commands.args import at_least_two, positive, size
 from revbench.units import format_bytes
 
@@ -38,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--method", default=ALL_PRESETS,
                         help="comma-separated methods: presets or ACTIVATIONS+STATES+LOSS compositions; "
                         f"'{ALL_PRESETS}' (default) for every preset, '{EVERY_COMBINATION}' for every composition")
-    parser.add_argument("--batch", type=positive, default=2)
+    parser.add_argument("--batch", type=positive, default=None,
+                        help="the (global) batch; default 2, or with --gpus N one sample per GPU (N)")
     parser.add_argument("--seq", type=at_least_two, default=128)
     parser.add_argument("--layers", type=positive, default=None, help="override the model's number of layers")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 for cuda, fp32 for cpu), bf16, fp32, ...")
@@ -53,6 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="methods estimated at once, one process each (default: one per method, up to the CPUs "
                         "this process may use); fake-tensor steps are Python-bound, so this divides the wall time")
     parser.add_argument("--json", action="store_true", help="print one JSON object per method, all with the same keys")
+    estimate_gpus.add_arguments(parser)
     parser.set_defaults(handler=handle)
 
 
@@ -172,6 +175,9 @@ def handle(args: argparse.Namespace) -> int:
     from revbench.models.validate import ShapeError, validate_model
     from revbench.models.zoo import parse_dtype
 
+    if args.gpus is not None:
+        return estimate_gpus.handle(args)
+    args.batch = args.batch or 2
     names = _methods(args.method)
     if args.fit and args.budget is None:
         raise ValueError("--fit needs --budget, e.g. --budget 80GiB")

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from revbench.orchestrator.lock import TMP_DIR
-from revbench.orchestrator.plan import PlannedRun
+from revbench.orchestrator.merge import describe_exit, failure, merge_outcomes, torchrun_exits
+from revbench.orchestrator.plan import PlannedRun, world_size
+from revbench.orchestrator.worker import rank_result
 from revbench.records import RunRecord
 
 OnProgress = Callable[[str, int, int], None]  # (phase, step, total)
@@ -33,12 +35,13 @@ def free_port() -> int:
 
 
 def worker_command(run: PlannedRun, spec: Path, result: Path, progress: Path) -> list[str]:
-    """The worker's command line; several GPUs go through torchrun, which starts one worker per GPU."""
+    """The worker's command line; several ranks (GPUs, or CPU processes) go through torchrun, which starts one
+    worker per rank on this node and stops them all when one fails."""
     args = ["-m", "revbench.orchestrator.worker", "--spec", str(spec), "--result", str(result),
             "--progress", str(progress), "--parent-pid", str(os.getpid())]
-    gpus = run.config["gpus"]
-    if gpus > 1:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}", *args]
+    ranks = world_size(run.config)
+    if ranks > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}", *args]
     return [sys.executable, *args]
 
 
@@ -46,10 +49,30 @@ def worker_env(run: PlannedRun) -> dict[str, str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     on_cpu = run.config["device"].startswith("cpu")
     env["DS_ACCELERATOR"] = "cpu" if on_cpu else "cuda"
-    if run.config["gpus"] == 1:
+    if world_size(run.config) == 1:
         # A single-process DeepSpeed run needs a rendezvous of one, or it goes looking for MPI.
         env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    else:
+        env.setdefault("OMP_NUM_THREADS", "1")  # N ranks share the cores; torchrun would set it too, with a warning
     return env
+
+
+def read_outcome(run: PlannedRun, result: Path, log_path: Path) -> dict[str, Any] | None:
+    """The worker's outcome, or the merge of every rank's (None when none was written)."""
+    ranks = world_size(run.config)
+    if ranks == 1:
+        return json.loads(result.read_text()) if result.is_file() else None
+    files = [rank_result(result, rank, ranks) for rank in range(ranks)]
+    outcomes = [json.loads(f.read_text()) if f.is_file() else None for f in files]
+    workload = run.config["workload"]
+    return merge_outcomes(outcomes, rank_exits(log_path), workload["batch"], workload["batch"] * workload["seq"])
+
+
+def rank_exits(log_path: Path) -> dict[int, int]:
+    try:
+        return torchrun_exits(log_path.read_text(errors="replace"))
+    except OSError:
+        return {}
 
 
 def _stamp() -> str:
@@ -109,14 +132,6 @@ class ProgressReader:
         return f"at step {self.last['step']}/{self.last['total']}"
 
 
-def describe_exit(code: int) -> str:
-    if code < 0:
-        name = signal.Signals(-code).name
-        hint = " (the kernel's OOM killer sends SIGKILL when host memory runs out)" if name == "SIGKILL" else ""
-        return f"was killed by {name}{hint}"
-    return f"exited with code {code}"
-
-
 def execute(run: PlannedRun, out_dir: Path, env: dict[str, Any], on_progress: OnProgress | None = None) -> RunRecord:
     """Run `run` in a child process with its timeout; always returns a record. `env` is the parent's stamp,
     used when the worker died before writing its own."""
@@ -145,7 +160,7 @@ def execute(run: PlannedRun, out_dir: Path, env: dict[str, Any], on_progress: On
                 if proc.poll() is None:
                     _kill_group(proc)
         reader.poll()
-        outcome = json.loads(result.read_text()) if result.is_file() else None
+        outcome = read_outcome(run, result, log_path)
     record = RunRecord(run_id=run.run_id, suite=run.suite, method=run.method, status="ok", config=run.config,
                        env=env, started=started, finished=_stamp(),
                        duration_s=round(time.monotonic() - clock, 3))
@@ -153,12 +168,20 @@ def execute(run: PlannedRun, out_dir: Path, env: dict[str, Any], on_progress: On
         record.status, record.error, record.env = outcome["status"], outcome["error"], outcome["env"]
         record.losses, record.metrics, record.method_stats = (outcome["losses"], outcome["metrics"],
                                                               outcome["method_stats"])
+        if timed_out and record.status != "ok":  # some ranks reported, the others were still running
+            record.status = "timeout"
+            record.error = f"not every rank reported within the {timeout_s:g} s timeout; the run was killed: " \
+                           f"{record.error}"
     elif timed_out:
         record.status = "timeout"
         record.error = f"no result after the {timeout_s:g} s timeout, {reader.where()}; the run was killed"
     else:
         tail = _log_tail(log_path)
+        ranks = world_size(run.config)
         record.status = "error"
-        record.error = (f"the worker {describe_exit(proc.returncode)} {reader.where()}, without a result"
-                        + (f"; its log ends: {tail}" if tail else ""))
+        record.error = (f"{'torchrun' if ranks > 1 else 'the worker'} {describe_exit(proc.returncode)} "
+                        f"{reader.where()}, without a result")
+        if ranks > 1:
+            record.error += f"; {failure([None] * ranks, rank_exits(log_path))[1]}"
+        record.error += f"; its log ends: {tail}" if tail else ""
     return record

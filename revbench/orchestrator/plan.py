@@ -21,7 +21,9 @@ from revbench.methods.method import techniques
 from revbench.models import ModelSpec, build_config, num_experts, parse_dtype
 from revbench.orchestrator.schema import FieldError, set_dotted
 from revbench.orchestrator.suite import Suite, SuiteError, parse_suite
+from revbench.ranks import check_divisible
 from revbench.records import run_id
+from revbench.states import STATES
 from revbench.units import format_bytes
 
 # Settings that change how long a run may take, not what it measures: a different value is the same run.
@@ -44,6 +46,8 @@ class PlannedRun:
         """What the run measures apart from the method and repeat: model, depth, batch × seq, budget."""
         model, workload = self.config["model"], self.config["workload"]
         text = f"{model['preset']} L{model['layers']} · {workload['batch']}×{workload['seq']}"
+        if world_size(self.config) > 1:
+            text += f" · {world_size(self.config)} ranks"
         if self.config["memory_budget_bytes"] is not None:
             text += f" · budget {format_bytes(self.config['memory_budget_bytes'])}"
         return text
@@ -53,8 +57,9 @@ class PlannedRun:
         return f"{self.method} · {self.point}" + (f" · r{self.config['repeat']}" if self.config["repeat"] else "")
 
 
-def resolve_device(device: str, gpus: int = 1) -> str:
-    """`auto` becomes cuda when a GPU is present, else cpu; a device that is not here is refused."""
+def resolve_device(device: str, gpus: int = 1, ranks: int = 1) -> str:
+    """`auto` becomes cuda when a GPU is present, else cpu; a device that is not here is refused, and so is a rank
+    count the device cannot take (`gpus` counts CUDA ranks, `ranks` CPU ones)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     kind = torch.device(device).type
@@ -66,8 +71,30 @@ def resolve_device(device: str, gpus: int = 1) -> str:
         if kind != "cuda" or count < gpus:
             raise FieldError("gpus", f"asks for {gpus} GPUs, but this machine has {count} CUDA device(s) and the "
                              f"run is on {device!r}; a multi-GPU run is launched through torchrun and needs "
-                             f"that many CUDA devices (use --set gpus=1 to run on one device)")
+                             f"that many CUDA devices (use --set gpus=1 to run on one device, or --set ranks={gpus} "
+                             f"for {gpus} CPU ranks)")
+    if ranks > 1 and kind != "cpu":
+        raise FieldError("ranks", f"counts CPU ranks, but the run is on {device!r}; on CUDA set gpus={ranks} "
+                         f"(one rank per GPU)")
     return device
+
+
+def world_size(config: dict[str, Any]) -> int:
+    """How many ranks a run's config asks for (records from before CPU ranks have no `ranks`)."""
+    return config.get("ranks", 1) if torch.device(config["device"]).type == "cpu" else config["gpus"]
+
+
+def check_ranks(composition: Composition, ranks: int, batch: int) -> None:
+    """Refuse, before any worker starts, a multi-rank run that could not train as one model on the global batch."""
+    if ranks == 1:
+        return
+    check_divisible(batch, ranks)
+    states = technique_class("states", composition.states)
+    if states.data_parallel is None:
+        sharding = [name for name in STATES if technique_class("states", name).data_parallel]
+        raise ValueError(f"method {composition.name!r} cannot run on {ranks} ranks: its model states "
+                         f"({composition.states}) stay whole and unsynchronised in each process, so every rank "
+                         f"would train its own model; over several ranks use states {', '.join(sharding)}")
 
 
 def resolve_model(spec: ModelSpec, device: str) -> ModelSpec:
@@ -118,7 +145,7 @@ def run_options(point: Suite, method: str, composition: Composition) -> dict[str
 
 def plan_run(point: Suite, method: str, repeat: int = 0, search_key: str | None = None) -> PlannedRun:
     try:
-        device = resolve_device(point.device, point.gpus)
+        device = resolve_device(point.device, point.gpus, point.ranks)
     except FieldError as exc:
         raise SuiteError(f"suite {point.name!r}: {exc}") from None
     composition = composition_of(point, method)
@@ -126,6 +153,8 @@ def plan_run(point: Suite, method: str, repeat: int = 0, search_key: str | None 
                      optimizer=resolve_optimizer(composition, point.optimizer, device), seed=point.seed, device=device,
                      options=run_options(point, method, composition))
     try:
+        check_ranks(composition, point.ranks if torch.device(device).type == "cpu" else point.gpus,
+                    point.workload.batch)
         techniques(composition, spec)  # refuse a combination that cannot run before any worker starts
     except ImportError:
         pass  # a technique whose library is missing: its run's record says so
@@ -138,6 +167,7 @@ def plan_run(point: Suite, method: str, repeat: int = 0, search_key: str | None 
         "warmup": point.warmup,
         "repeat": repeat,
         "gpus": point.gpus,
+        "ranks": point.ranks,
         "memory_budget_bytes": point.memory_budget,
         "search_key": search_key,
         "timeout_s": point.timeout_s,

@@ -75,7 +75,10 @@ class Suite:
     repeats: int = 1
     seed: int = 0
     device: str = "auto"  # auto: cuda when available, else cpu
-    gpus: int = 1  # > 1 launches the run through torchrun
+    # Data-parallel ranks, each its own process launched through torchrun: `gpus` on CUDA (one GPU per rank, nccl),
+    # `ranks` on CPU (gloo). workload.batch is the global batch, split evenly over the ranks.
+    gpus: int = 1
+    ranks: int = 1
     timeout_s: float = 900.0  # per run; DeepSpeed JIT-compiles its ops on first use (~80 s on 2 cores)
     # A cap on peak tensor bytes (e.g. 64MiB); over it a run ends as `oom`. On CUDA it also caps the allocator.
     memory_budget: int | str | None = None
@@ -102,7 +105,7 @@ class Suite:
             if name not in techniques and name not in self.methods and name not in METHODS:
                 raise FieldError(f"options.{name}", f"names no method or technique of this suite; options are keyed "
                                  f"by a method ({', '.join(METHODS)}) or a technique ({', '.join(sorted(techniques))})")
-        for name in ("steps", "warmup", "repeats", "gpus"):
+        for name in ("steps", "warmup", "repeats", "gpus", "ranks"):
             if getattr(self, name) < 1:
                 raise FieldError(name, f"must be >= 1, got {getattr(self, name)}")
         if self.timeout_s <= 0:

@@ -2,8 +2,9 @@
 
 It reads one run spec (JSON: method and config), trains and measures through `revbench.harness.run_method`,
 and writes its outcome (status, error, losses, metrics, method stats, env stamp) to R as JSON. Progress goes
-to P as one JSON line per step. The parent owns the records: it turns the outcome, or the lack of one
-(a crash, a kill, a timeout), into a record.
+to P as one JSON line per step. Under torchrun every rank runs this, on its slice of the global batch, and
+writes its own outcome (R with `.rankN` before the suffix); rank 0 writes the progress. The parent owns the
+records: it turns the outcome, or the lack of one (a crash, a kill, a timeout), into a record.
 """
 
 from __future__ import annotations
@@ -79,11 +80,12 @@ def run(spec: dict[str, Any], progress: ProgressFile) -> dict[str, Any]:
     from revbench.env import environment_stamp
     from revbench.harness import RunResult, run_method
     from revbench.orchestrator.plan import train_spec
+    from revbench.ranks import local_rank, world_size
 
     config = spec["config"]
     train = train_spec(config)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun: one GPU per rank
-        train.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    if world_size() > 1 and train.device.startswith("cuda"):  # launched by torchrun: one GPU per rank
+        train.device = f"cuda:{local_rank()}"
     result = RunResult()
     outcome: dict[str, Any] = {"status": "ok", "error": None, "env": environment_stamp()}
     try:
@@ -107,13 +109,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.parent_pid is not None:
         watch_parent(args.parent_pid)
-    lead = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
-    progress = ProgressFile(args.progress, enabled=lead)
+    rank, ranks = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    progress = ProgressFile(args.progress, enabled=rank == 0)  # under torchrun rank 0 reports progress
     progress("prepare", 0, 0)
     outcome = run(json.loads(args.spec.read_text()), progress)
-    if lead:
-        write_json(args.result, outcome)
-    return 0
+    write_json(rank_result(args.result, rank, ranks), outcome)
+    # A rank that failed exits non-zero, so that torchrun stops the others rather than leave them waiting in a
+    # collective for a rank that will never come.
+    return 1 if ranks > 1 and outcome["status"] != "ok" else 0
+
+
+def rank_result(result: Path, rank: int, ranks: int) -> Path:
+    """Where a rank writes its outcome: the result path itself for a single process, else one file per rank,
+    which the parent merges into one record."""
+    return result if ranks == 1 else result.with_name(f"{result.stem}.rank{rank}{result.suffix}")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ TOKENS_P10, TOKENS_P90 = "tokens_per_s.p10", "tokens_per_s.p90"
 METRICS = (TENSOR, DEVICE, HOST_STATES, *CATEGORY_COLUMNS, *HOST_COLUMNS.values(), ALLOCATED, RESERVED, NVML_USED,
            HOST_RSS, STEP_TIME, SAMPLES, TOKENS, TOKENS_P10, TOKENS_P90)
 # What makes two runs the same measurement point, apart from the method and the repeat.
-POINT = ("preset", "layers", "hidden", "experts", "top_k", "dtype", "device", "gpus", "batch", "seq", "data",
+POINT = ("preset", "layers", "hidden", "experts", "top_k", "dtype", "device", "gpus", "ranks", "batch", "seq", "data",
          "steps", "warmup", "memory_budget_bytes")
 
 
@@ -65,6 +65,8 @@ def point_label(row: pd.Series) -> str:
     label = f"{row['preset']} L{row['layers']} · {row['batch']}×{row['seq']} · {row['dtype']} · {row['device']}"
     if row["gpus"] > 1:
         label += f" ×{row['gpus']} GPUs"
+    if row["ranks"] > 1:
+        label += f" ×{row['ranks']} ranks"
     if pd.notna(row["memory_budget_bytes"]):
         label += f" · budget {row['memory_budget_bytes'] / 2**20:,.0f} MiB"
     return label
@@ -80,7 +82,8 @@ def record_row(record: RunRecord) -> dict[str, Any]:
         "error": record.error, "repeat": config.get("repeat", 0),
         "preset": model["preset"], "layers": model["layers"], "hidden": model["hidden"],
         "experts": model["experts"], "top_k": model["top_k"], "dtype": model["dtype"], "device": config["device"],
-        "gpus": config.get("gpus", 1), "batch": workload["batch"], "seq": workload["seq"], "data": workload["data"],
+        "gpus": config.get("gpus", 1), "ranks": config.get("ranks", 1), "batch": workload["batch"],
+        "seq": workload["seq"], "data": workload["data"],
         "tokens_per_step": workload["batch"] * workload["seq"], "steps": config.get("steps"),
         "warmup": config.get("warmup"), "memory_budget_bytes": config.get("memory_budget_bytes"),
         "search_key": config.get("search_key"), "options": json.dumps(config.get("options") or {}, sort_keys=True),

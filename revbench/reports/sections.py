@@ -13,6 +13,7 @@ from revbench.reports.paper import (
     quality_table,
 )
 from revbench.reports.render import ReportContext, Section
+from revbench.reports.scale_out import scale_out
 from revbench.reports.tables import budget_table, failures_table, markdown, memory_table, results_table
 
 MEASURES = """What the figures are:
@@ -117,4 +118,4 @@ def files(ctx: ReportContext) -> str:
             f"- [logs]({ctx.link(ctx.results_dir / 'logs')}): one log per run\n{lines}\n")
 
 
-SECTIONS: list[Section] = [overview, results, failures, budget, paper_comparison, figures, files]
+SECTIONS: list[Section] = [overview, results, failures, budget, scale_out, paper_comparison, figures, files]

@@ -9,6 +9,7 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 STATES: dict[str, str] = {
     "adamw": "revbench.states.adamw:AdamW",
+    "adamw-ddp": "revbench.states.ddp:AdamWDDP",
     "adamw-in-backward": "revbench.states.in_backward:AdamWInBackward",
     "adamw-8bit": "revbench.states.adamw_8bit:AdamW8bit",
     "adamw-8bit-in-backward": "revbench.states.in_backward:AdamW8bitInBackward",

@@ -19,6 +19,9 @@ class ModelStates:
     option_names: ClassVar[tuple[str, ...]] = ()
     precision: ClassVar[str] = "the model's dtype: float32 on CPU, bfloat16 on CUDA, optimizer states alike"
     uses_adamw_implementation: ClassVar[bool] = True  # whether optimizer.implementation applies
+    # How the states are laid out over several ranks (data parallel), or None where the technique keeps whole,
+    # unsynchronised states in each process and so cannot run on more than one rank.
+    data_parallel: ClassVar[str | None] = None
 
     def __init__(self, spec: TrainSpec) -> None:
         self.spec = spec

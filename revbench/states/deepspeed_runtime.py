@@ -1,8 +1,9 @@
-"""DeepSpeed in one process: rendezvous variables, the process group, and a notice before op JIT compiles.
+"""The process group of a DeepSpeed or DDP run, and a notice before DeepSpeed's op JIT compiles.
 
-DeepSpeed needs torch.distributed even for one process. Without a launcher it would try MPI discovery
-(`No module named 'mpi4py'`), so a single-process rendezvous on a free local port is set up here, and torn
-down again so that several DeepSpeed runs can share one Python process (pytest, `revbench bench methods`).
+Under a launcher (torchrun, the deepspeed launcher) the rendezvous variables are set, and the group spans its
+ranks: gloo on CPU, nccl on CUDA. Without one, DeepSpeed would try MPI discovery (`No module named 'mpi4py'`),
+so a single-process rendezvous on a free local port is set up here, and torn down again so that several runs
+can share one Python process (pytest, `revbench bench methods`).
 """
 
 from __future__ import annotations
@@ -35,14 +36,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def backend(device: torch.device) -> str:
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
 class SingleProcessGroup:
-    """A world of one, created only where no launcher or earlier caller made one; `close()` undoes exactly that."""
+    """The launcher's world where one launched this process, else a world of one; created only where no earlier
+    caller made one, and `close()` undoes exactly what `open()` did. DeepSpeed runs open it through
+    `deepspeed.init_distributed` (its backend for the accelerator), others (DDP) through torch directly."""
 
     def __init__(self) -> None:
         self.created = False
+        self.via_deepspeed = False
         self._set_env: list[str] = []
 
-    def open(self, deepspeed: ModuleType, device: torch.device) -> None:
+    def open(self, deepspeed: ModuleType | None, device: torch.device) -> None:
         if torch.distributed.is_initialized():
             return  # a launcher (torchrun, deepspeed) or the caller owns the group
         # DeepSpeed puts the engine on the accelerator's device LOCAL_RANK.
@@ -52,20 +60,26 @@ class SingleProcessGroup:
             if key not in os.environ:
                 os.environ[key] = value
                 self._set_env.append(key)
-        announce_compiles(["ShareMemCommBuilder"])
-        # The backend DeepSpeed picks for its accelerator: gloo on CPU (no oneCCL), nccl on CUDA.
         try:
-            deepspeed.init_distributed(auto_mpi_discovery=False, verbose=False)
+            if deepspeed is None:
+                torch.distributed.init_process_group(backend(device))
+            else:
+                announce_compiles(["ShareMemCommBuilder"])
+                # The backend DeepSpeed picks for its accelerator: gloo on CPU (no oneCCL), nccl on CUDA.
+                deepspeed.init_distributed(auto_mpi_discovery=False, verbose=False)
         except BaseException:
             self.close()
             raise
-        self.created = True
+        self.created, self.via_deepspeed = True, deepspeed is not None
 
     def close(self) -> None:
         if self.created:
-            import deepspeed.comm
+            if self.via_deepspeed:
+                import deepspeed.comm
 
-            deepspeed.comm.destroy_process_group()
+                deepspeed.comm.destroy_process_group()
+            if torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
             self.created = False
         for key in self._set_env:
             os.environ.pop(key, None)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from revbench.measure.categories import HOST, StateTensors
+from revbench.ranks import world_size
 from revbench.records import project_relative
 from revbench.states.base import ModelStates
 from revbench.states.deepspeed_runtime import SingleProcessGroup, announce_compiles, import_deepspeed
@@ -155,7 +156,8 @@ class ZeroOffload(ModelStates):
         started = time.perf_counter()
         self.group.open(deepspeed, self.device)
         try:
-            self.config = fill_config(config, self.spec.workload.batch, next(model.parameters()).dtype,
+            # workload.batch is the global batch; each rank trains on its share (revbench.ranks).
+            self.config = fill_config(config, self.spec.workload.batch // world_size(), next(model.parameters()).dtype,
                                       model.config.hidden_size)
             announce_compiles(["CPUAdamBuilder"])
             trainable = [p for p in model.parameters() if p.requires_grad]
@@ -189,8 +191,9 @@ class ZeroOffload(ModelStates):
             return {name: p.detach().cpu().clone() for name, p in params.items()}
 
     def stats(self) -> dict[str, Any]:
-        return {"zero_stage": self.stage, "offload_optimizer": "cpu", "offload_param": "cpu" if self.offload_param
-                else "none", "config_file": project_relative(self.config_path), "ds_config": self.config,
+        return {"zero_stage": self.stage, "data_parallel": self.data_parallel, "offload_optimizer": "cpu",
+                "offload_param": "cpu" if self.offload_param else "none",
+                "config_file": project_relative(self.config_path), "ds_config": self.config,
                 "init_seconds": self.init_seconds}
 
     def teardown(self) -> None:
@@ -203,6 +206,7 @@ class ZeroOffload(ModelStates):
 
 class Zero2Offload(ZeroOffload):
     name = "zero2-offload"
+    data_parallel = "parameters replicated; gradients and optimizer states partitioned over the ranks"
     stage = 2
     offload_param = False
     config_name = "zero2-offload"
@@ -210,6 +214,7 @@ class Zero2Offload(ZeroOffload):
 
 class Zero3Offload(ZeroOffload):
     name = "zero3-offload"
+    data_parallel = "parameters, gradients and optimizer states partitioned over the ranks"
     stage = 3
     offload_param = True
     config_name = "zero3-offload"

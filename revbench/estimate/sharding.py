@@ -1,0 +1,192 @@
+"""Per-rank model-state bytes over N data-parallel ranks: how DDP replicates the model states and how DeepSpeed
+ZeRO-2/3 with CPU offload partitions them, from the model's parameter shapes and the DeepSpeed config.
+
+This is layout arithmetic, not a fake-tensor step: DeepSpeed's offload runs on host-side flat buffers and a
+compiled CPU Adam that fake tensors cannot run. Each term names the buffer DeepSpeed 0.19 allocates for it, and
+`tests/test_estimate_sharding.py` holds the terms to the byte against measured CPU ranks at N = 1 and N = 2.
+
+Per rank, with P parameters in `b`-byte elements (4 on CPU, 2 in bf16 on CUDA) and a world of N:
+
+| states        | device                                             | host (pinned, per rank)                        |
+|---------------|----------------------------------------------------|------------------------------------------------|
+| adamw-ddp     | b·P weights, b·P gradient buckets, 2b·P moments   | -                                              |
+| zero2-offload | b·P weights, b·L gradient staging (L: the largest | b·P/N bit16 staging, 4·P/N + b·L gradients,    |
+|               | parameter)                                          | 12·P/N fp32 master, momentum and variance      |
+| zero3-offload | b·R reduce bucket, b·K persistent small parameters | b·P/N parameters, (4 + b)·P/N gradients,       |
+|               | (N > 1), plus one gathered layer while it runs     | 12·P/N master, momentum and variance           |
+
+ZeRO-2 pads its flat partition to a multiple of 2·N elements; ZeRO-3 partitions every parameter on its own,
+padded to ceil(numel / N), so P/N above is the sum of those. A node of G ranks holds G ranks' host bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from revbench.models import ModelSpec
+from revbench.models.zoo import build_model, parse_dtype
+
+SHARDED_STATES = ("adamw-ddp", "zero2-offload", "zero3-offload")
+ZERO2_ALIGNMENT = 2  # DeepSpeed's nccl_start_alignment_factor: ZeRO-2's flat group is padded to 2·N elements
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the layout depends on: every parameter tensor's size, the buffers, the element size, and the layers."""
+
+    numels: tuple[int, ...]
+    layer_numels: tuple[int, ...]  # parameters per decoder layer (what ZeRO-3 gathers at once)
+    buffer_bytes: int
+    element_bytes: int
+    hidden: int
+    dtype: torch.dtype
+
+    @property
+    def parameters(self) -> int:
+        return sum(self.numels)
+
+    @classmethod
+    def of(cls, spec: ModelSpec, target: str) -> ModelShape:
+        """The shapes of `spec` built on the meta device: no memory, seconds even for 46.7B parameters."""
+        dtype = parse_dtype(spec.dtype, target)
+        model = build_model(ModelSpec(**{**spec.to_dict(), "dtype": str(dtype).removeprefix("torch.")}),
+                            device="meta")
+        layers = model.model.layers
+        return cls(numels=tuple(p.numel() for p in model.parameters()),
+                   layer_numels=tuple(sum(p.numel() for p in layer.parameters()) for layer in layers),
+                   buffer_bytes=sum(b.numel() * b.element_size() for b in model.buffers()),
+                   element_bytes=torch.finfo(dtype).bits // 8, hidden=model.config.hidden_size, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class RankStates:
+    """One rank's persistent model-state bytes, split as the measurement splits them (host parts included in
+    each category), and the transient bytes of gathered parameters (ZeRO-3's layer being computed)."""
+
+    params: int
+    grads: int
+    optimizer: int
+    host_params: int = 0
+    host_grads: int = 0
+    host_optimizer: int = 0
+    gathered: int = 0
+
+    @property
+    def host(self) -> int:
+        return self.host_params + self.host_grads + self.host_optimizer
+
+    @property
+    def device(self) -> int:
+        return self.params + self.grads + self.optimizer - self.host
+
+    def to_dict(self) -> dict[str, int]:
+        return {"params": self.params, "grads": self.grads, "optimizer": self.optimizer,
+                "host_params": self.host_params, "host_grads": self.host_grads, "host_optimizer": self.host_optimizer,
+                "gathered": self.gathered, "device": self.device, "host": self.host}
+
+
+def zero_settings(states: str, hidden: int, dtype: torch.dtype) -> dict[str, Any]:
+    """The zero_optimization section a run of `states` uses: the shipped baselines config, filled in by the same
+    code as a real run (so "auto" bucket sizes come out alike)."""
+    from revbench.states.zero_offload import BASELINES_DIR, fill_config, load_config
+
+    stage, offload_param = (2, False) if states == "zero2-offload" else (3, True)
+    config = load_config(BASELINES_DIR / f"{states}.json", stage, offload_param)
+    return fill_config(config, 1, dtype, hidden)["zero_optimization"]
+
+
+def ddp(shape: ModelShape, ranks: int, target: str) -> RankStates:
+    """Every rank holds everything. torch's AdamW keeps a float32 step counter per tensor, on the parameter's
+    device only for the fused and capturable kernels (CPU runs), else on the host where it is noise."""
+    b, total = shape.element_bytes, shape.parameters
+    steps = 4 * len(shape.numels) if target == "cpu" else 0
+    return RankStates(params=b * total + shape.buffer_bytes, grads=b * total, optimizer=2 * b * total + steps)
+
+
+def zero2_offload(shape: ModelShape, ranks: int, target: str) -> RankStates:
+    b, total, largest = shape.element_bytes, shape.parameters, max(shape.numels)
+    alignment = ZERO2_ALIGNMENT * ranks
+    part = math.ceil(total / alignment) * alignment // ranks
+    host_params = b * part  # param_buffer_of_bit16_for_cpu_offload_groups
+    host_grads = 4 * part + b * largest  # the fp32 partition's grad, temp_grad_buffer_for_cpu_offload
+    host_optimizer = 12 * part  # single_partition_of_fp32_groups and Adam's exp_avg, exp_avg_sq
+    device_grads = b * largest  # temp_grad_buffer_for_gpu_offload
+    return RankStates(params=b * total + shape.buffer_bytes + host_params, grads=device_grads + host_grads,
+                      optimizer=host_optimizer, host_params=host_params, host_grads=host_grads,
+                      host_optimizer=host_optimizer)
+
+
+def zero3_offload(shape: ModelShape, ranks: int, target: str) -> RankStates:
+    b = shape.element_bytes
+    zero = zero_settings("zero3-offload", shape.hidden, shape.dtype)
+    part = sum(math.ceil(n / ranks) for n in shape.numels)  # each parameter's ds_tensor
+    # Parameters under the persistence threshold stay whole on every rank; at one rank the partition is the
+    # whole parameter already, so nothing is held twice.
+    threshold = zero["stage3_param_persistence_threshold"]
+    persistent = sum(n for n in shape.numels if n <= threshold) if ranks > 1 else 0
+    host_params = b * part  # the offloaded parameter partitions
+    host_grads = (4 + b) * part  # the fp32 partition's grad, grad_partitions_flat_buffer
+    host_optimizer = 12 * part  # fp32_partitioned_groups_flat and Adam's exp_avg, exp_avg_sq
+    device_grads = b * zero["reduce_bucket_size"]  # the ipg bucket's flat buffer
+    return RankStates(params=host_params + b * persistent + shape.buffer_bytes, grads=device_grads + host_grads,
+                      optimizer=host_optimizer, host_params=host_params, host_grads=host_grads,
+                      host_optimizer=host_optimizer, gathered=b * max(shape.layer_numels))
+
+
+LAYOUTS = {"adamw-ddp": ddp, "zero2-offload": zero2_offload, "zero3-offload": zero3_offload}
+
+
+def rank_states(states: str, shape: ModelShape, ranks: int, target: str = "cuda") -> RankStates:
+    """One rank's model-state bytes when `states` runs over `ranks` ranks."""
+    if states not in LAYOUTS:
+        raise ValueError(f"{states!r} does not shard over ranks; the data-parallel states are {', '.join(LAYOUTS)}")
+    if ranks < 1:
+        raise ValueError(f"ranks must be >= 1, got {ranks}")
+    return LAYOUTS[states](shape, ranks, target)
+
+
+@dataclass(frozen=True)
+class RankPeak:
+    """A composition's figures per GPU at N ranks: persistent device states, plus the activation technique's
+    transient bytes at the per-rank batch (and ZeRO-3's gathered layer); host bytes per node of G ranks."""
+
+    method: str
+    ranks: int
+    rank_batch: int
+    states: RankStates
+    transient: int | None  # None: the activation technique could not be estimated
+    ranks_per_node: int
+
+    @property
+    def per_gpu(self) -> int | None:
+        if self.transient is None:
+            return None
+        return self.states.device + self.states.gathered + self.transient
+
+    @property
+    def host_per_node(self) -> int:
+        return self.states.host * min(self.ranks, self.ranks_per_node)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "ranks": self.ranks, "rank_batch": self.rank_batch,
+                "states": self.states.to_dict(), "transient": self.transient, "per_gpu": self.per_gpu,
+                "host_per_node": self.host_per_node, "ranks_per_node": self.ranks_per_node}
+
+
+def smallest_ranks(fits: Callable[[int], bool], cap: int = 4096) -> int | None:
+    """The smallest N <= cap with fits(N), doubling then bisecting: per-GPU bytes, and a node's host bytes,
+    only fall as N grows (None: not even at cap)."""
+    low, high = 0, 1
+    while not fits(high):
+        if high >= cap:
+            return None
+        low, high = high, min(2 * high, cap)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if fits(middle) else (middle, high)
+    return high

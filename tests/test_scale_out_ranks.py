@@ -1,0 +1,150 @@
+"""Real multi-rank runs on CPU: torchrun starts 2 gloo ranks, each trains on half the global batch, and the
+parent merges their outcomes into one record. Kept small (2 layers, seq 32, 1 timed step: 10-30 s a run on
+2 cores; about 2 minutes for the file, most of it DeepSpeed's start-up); the full `scale-out` suite is
+`revbench run scale-out`.
+
+Identity across ranks: N ranks train on the same global batch as one rank, so their losses agree within
+LOSS_RTOL. They are not bit-identical: the router's load-balancing loss is computed over each rank's own
+tokens, and the reductions run in another order.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from revbench.data import Workload
+from revbench.estimate.sharding import ModelShape, rank_states
+from revbench.models import ModelSpec
+from revbench.orchestrator import Suite, plan_run
+from revbench.orchestrator.launch import execute
+from revbench.records import RunRecord
+
+LOSS_RTOL = 1e-4
+# The tiny Qwen2-MoE at 2 layers: 2,133,376 parameters, float32 on CPU, none of whose counts is odd, so ZeRO's
+# per-rank partitions need no padding at 2 ranks.
+PARAMS = 2_133_376
+
+
+def measured(method: str, ranks: int, out: Path) -> RunRecord:
+    suite = Suite(name="ranks", model=ModelSpec(layers=2), workload=Workload(batch=2, seq=32, data="text"),
+                  methods=[method], device="cpu", ranks=ranks, steps=1, warmup=1, timeout_s=600)
+    record = execute(plan_run(suite, method), out, {})
+    assert record.status == "ok", record.error
+    return record
+
+
+@pytest.fixture(scope="module")
+def zero_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, int], RunRecord]:
+    out = tmp_path_factory.mktemp("zero")
+    return {(method, ranks): measured(method, ranks, out)
+            for method in ("zero2-offload", "zero3-offload") for ranks in (1, 2)}
+
+
+def tensor_bytes(record: RunRecord, rank: int | None = None) -> dict:
+    ranks = record.metrics.get("ranks")
+    return record.metrics["memory"]["tensor_bytes"] if rank is None else ranks["per_rank"][rank]["memory"][
+        "tensor_bytes"]
+
+
+@pytest.mark.deepspeed
+@pytest.mark.parametrize("method", ["zero2-offload", "zero3-offload"])
+def test_two_ranks_train_like_one_on_the_same_global_batch(zero_runs: dict, method: str) -> None:
+    one, two = zero_runs[method, 1], zero_runs[method, 2]
+    assert len(one.losses) == len(two.losses) == 3
+    assert two.losses == pytest.approx(one.losses, rel=LOSS_RTOL)
+    assert two.losses[-1] < two.losses[0]  # it trains
+    assert two.metrics["ranks"]["count"] == 2 and two.method_stats["ranks"] == 2
+    assert two.config["ranks"] == 2 and "ranks" not in one.metrics
+
+
+@pytest.mark.deepspeed
+def test_zero3_partitions_every_model_state_in_half_at_two_ranks(zero_runs: dict) -> None:
+    one = tensor_bytes(zero_runs["zero3-offload", 1])
+    # Offloaded: the float32 parameter partition, its gradient partition (and the CPU gradient buffer of as many
+    # bytes) and the optimizer's master weights, momentum and variance: 4, 8 and 12 bytes a parameter.
+    assert (one["host_params"], one["host_grads"], one["host_optimizer"]) == (8_533_504, 17_067_008, 25_600_512)
+    assert (one["host_params"], one["host_grads"], one["host_optimizer"]) == (4 * PARAMS, 8 * PARAMS, 12 * PARAMS)
+    for rank in (0, 1):
+        two = tensor_bytes(zero_runs["zero3-offload", 2], rank)
+        assert (two["host_params"], two["host_grads"], two["host_optimizer"]) == (4_266_752, 8_533_504, 12_800_256)
+    record = zero_runs["zero3-offload", 2]
+    assert record.metrics["ranks"]["sum"]["tensor_bytes"]["host_optimizer"] == one["host_optimizer"]
+
+
+@pytest.mark.deepspeed
+def test_zero2_partitions_gradients_and_optimizer_states_but_not_parameters(zero_runs: dict) -> None:
+    one, two = tensor_bytes(zero_runs["zero2-offload", 1]), tensor_bytes(zero_runs["zero2-offload", 2], 0)
+    assert one["host_optimizer"] == 12 * PARAMS and two["host_optimizer"] == 6 * PARAMS
+    assert one["host_params"] == 4 * PARAMS and two["host_params"] == 2 * PARAMS  # the bit16 staging partition
+    assert two["params"] - two["host_params"] >= 4 * PARAMS  # every rank holds the whole model's parameters
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, RunRecord]:
+    out = tmp_path_factory.mktemp("ddp")
+    return {ranks: measured("store+adamw-ddp+full", ranks, out) for ranks in (1, 2)}
+
+
+def test_ddp_two_ranks_train_like_one_and_replicate_the_states(ddp_runs: dict) -> None:
+    one, two = ddp_runs[1], ddp_runs[2]
+    assert two.losses == pytest.approx(one.losses, rel=LOSS_RTOL)
+    for rank in (0, 1):
+        replica = tensor_bytes(two, rank)
+        # Whole parameters, gradients (DDP's buckets) and AdamW's two moments on every rank.
+        assert (replica["params"], replica["grads"]) == (4 * PARAMS + 128, 4 * PARAMS)  # + the rotary buffer
+        assert replica["optimizer"] == 8 * PARAMS + 35 * 4  # and a float32 step counter per parameter tensor
+    throughput = two.metrics["samples_per_s"]
+    assert throughput == pytest.approx(2 / two.metrics["step_seconds"][0])  # both ranks' samples per step
+
+
+STATE_FIELDS = ("params", "grads", "optimizer", "host_params", "host_grads", "host_optimizer")
+
+
+@pytest.mark.deepspeed
+@pytest.mark.parametrize("states", ["zero2-offload", "zero3-offload", "adamw-ddp"])
+def test_the_sharding_estimate_is_every_measured_rank_to_the_byte(zero_runs: dict, ddp_runs: dict,
+                                                                  states: str) -> None:
+    shape = ModelShape.of(ModelSpec(layers=2), "cpu")
+    for ranks in (1, 2):
+        record = ddp_runs[ranks] if states == "adamw-ddp" else zero_runs[states, ranks]
+        estimate = rank_states(states, shape, ranks, "cpu").to_dict()
+        for rank in range(ranks):
+            measured_bytes = tensor_bytes(record, rank if ranks > 1 else None)
+            assert {k: estimate[k] for k in STATE_FIELDS} == {k: measured_bytes[k] for k in STATE_FIELDS}
+
+
+def rank_process(rank: int) -> psutil.Process | None:
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "revbench.orchestrator.worker" in " ".join(child.cmdline()) and \
+                    child.environ().get("RANK") == str(rank) and child.environ().get("WORLD_SIZE") == "2":
+                return child
+        except psutil.NoSuchProcess:
+            continue
+    return None
+
+
+def test_a_rank_that_dies_takes_the_run_down_cleanly(tmp_path: Path) -> None:
+    method = "store+adamw-ddp+full"
+    suite = Suite(name="death", model=ModelSpec(layers=1), workload=Workload(batch=2, seq=16), methods=[method],
+                  device="cpu", ranks=2, steps=1, timeout_s=300)
+    run = plan_run(suite, method)
+    box: dict = {}
+    thread = threading.Thread(target=lambda: box.setdefault("record", execute(run, tmp_path, {})))
+    thread.start()
+    while (victim := rank_process(1)) is None:
+        time.sleep(0.05)
+    os.kill(victim.pid, signal.SIGKILL)
+    thread.join(timeout=120)
+    record = box["record"]
+    assert record.status == "error"
+    assert "rank 1 left no result: it was killed by SIGKILL" in record.error
+    assert not [p for p in psutil.Process().children(recursive=True)
+                if "revbench.orchestrator.worker" in " ".join(p.cmdline())]
