@@ -9,7 +9,7 @@ from revbench.reports.paper_scale import CACHE, CURVES_CSV, PLOT, TABLE_CSV, Poi
 COMBINATIONS = ("standard", "checkpointing", "revffn", "checkpoint+adamw+chunked", "revffn+adamw+chunked",
                 "zero2-offload")
 POINT = Point(model="tiny-qwen2-moe", layers=1, dtype="float32", seq=64, batches=(1, 2), table_batch=2,
-              combinations=COMBINATIONS, options={"chunk_tokens": 16})
+              combinations=COMBINATIONS, options={"chunk_tokens": 16}, budget=64 * 2**20)
 
 
 def test_paper_scale_section_writes_curves_table_plot_and_ratio_and_reuses_them(tmp_path: Path) -> None:
@@ -19,7 +19,7 @@ def test_paper_scale_section_writes_curves_table_plot_and_ratio_and_reuses_them(
     assert set(curves["method"]) == set(COMBINATIONS) and sorted(set(curves["tokens"])) == [64, 128]
     assert (curves["device"] > 0).all() and (curves[curves["method"] == "zero2-offload"]["host"] > 0).all()
     table = pd.read_csv(out / TABLE_CSV).set_index("method")
-    assert table.loc["standard", "fits 80 GiB"] == "yes"  # a 1-layer tiny model fits, of course
+    assert set(table["fits 64 MiB"]) <= {"yes", "no"} and table.loc["zero2-offload", "host"] != "0"
     assert "True" not in table.to_string() and "False" not in table.to_string()
     assert (out / PLOT).is_file()
     assert "revffn ÷ checkpointing" in markdown and "The paper's ratio" in markdown

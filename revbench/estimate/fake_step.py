@@ -22,7 +22,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from revbench.estimate.eight_bit import use_layout
+from revbench.estimate.layouts import use_layout
 from revbench.estimate.meta_build import fake_method_from_meta
 from revbench.measure.categories import TensorBytes
 from revbench.measure.storage_tracker import measure_peak_bytes_tracked

@@ -62,6 +62,7 @@ class Point:
     table_batch: int = 8  # the batch of the compact table (8 x 4096: the issue's and the paper's long-context point)
     combinations: tuple[str, ...] = COMBINATIONS
     options: dict[str, Any] = field(default_factory=lambda: {"chunk_tokens": 1024})
+    budget: int = BUDGET
 
     def spec(self, name: str) -> TrainSpec:
         from revbench.methods import option_names, parse_method
@@ -88,7 +89,7 @@ def curve(name: str, point: Point) -> dict[str, Any]:
         rows.append({"batch": batch, "device": e.peak_bytes, "host": e.host_peak_bytes, "phase": e.tensor_bytes.phase,
                      "parameters": e.parameters})
     probes = {r["batch"]: r["device"] for r in rows}
-    fit = fit_method(name, spec, BUDGET, "batch", "cuda", probes=probes, sessions=sessions)
+    fit = fit_method(name, spec, point.budget, "batch", "cuda", probes=probes, sessions=sessions)
     return {"method": name, "reason": None, "points": rows, "largest_batch": fit.largest, "capped": fit.capped,
             "seconds": round(time.perf_counter() - start, 1)}
 
@@ -102,8 +103,7 @@ def _fingerprint(point: Point) -> dict[str, Any]:
         if path.parent.name != "reports":
             source.update(path.read_bytes())
     versions = {name: importlib.metadata.version(name) for name in ("torch", "transformers", "deepspeed", "peft")}
-    return json.loads(json.dumps({"point": point.__dict__, "budget": BUDGET, "source": source.hexdigest(),
-                                  **versions}))
+    return json.loads(json.dumps({"point": point.__dict__, "source": source.hexdigest(), **versions}))
 
 
 def compute(point: Point, cache: Path, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -133,18 +133,19 @@ def curves_frame(figures: dict[str, Any], point: Point) -> pd.DataFrame:
 def compact_table(figures: dict[str, Any], curves: pd.DataFrame, point: Point) -> pd.DataFrame:
     """At the table's batch: device and host peaks, the phase, whether it fits, and the largest batch that does."""
     at = curves[curves["batch"] == point.table_batch].set_index("method")
+    fits = f"fits {format_bytes(point.budget, digits=0)}"
     rows = []
     for c in figures["curves"]:
         name = c["method"]
         if name not in at.index:
-            rows.append({"method": name, "device": "-", "host": "-", "peak in": "-", "fits 80 GiB": "-",
+            rows.append({"method": name, "device": "-", "host": "-", "peak in": "-", fits: "-",
                          f"max batch @ {point.seq}": "-", "note": c["reason"] or ""})
             continue
         r = at.loc[name]
         largest = "none" if c["largest_batch"] is None else f"{c['largest_batch']}{'+' if c.get('capped') else ''}"
         rows.append({"method": name, "device": format_bytes(r["device"]),
                      "host": format_bytes(r["host"]) if r["host"] else "0", "peak in": r["phase"],
-                     "fits 80 GiB": "yes" if r["device"] <= BUDGET else "no", f"max batch @ {point.seq}": largest,
+                     fits: "yes" if r["device"] <= point.budget else "no", f"max batch @ {point.seq}": largest,
                      "note": ""})
     return pd.DataFrame(rows).set_index("method")
 
@@ -169,7 +170,7 @@ def ratios(curves: pd.DataFrame) -> pd.DataFrame:
 def plot(curves: pd.DataFrame, point: Point, title: str) -> Any:
     from revbench.reports.plots import figure_with_budget
 
-    return figure_with_budget(curves, "tokens", "device", BUDGET, title,
+    return figure_with_budget(curves, "tokens", "device", point.budget, title,
                               xlabel=f"tokens per step (batch × seq {point.seq:,})",
                               ylabel="estimated peak device memory (GiB)")
 
