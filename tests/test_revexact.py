@@ -55,30 +55,6 @@ def test_gradients_equal_plain_autograd_through_the_same_quantised_forward() -> 
     assert worst <= 1e-6
 
 
-def test_hidden_states_is_what_forward_feeds_the_head() -> None:
-    model = converted(layers=2)
-    ids = tokens()
-    with torch.no_grad():
-        out = model(input_ids=ids, labels=ids)
-        hidden, aux = model.hidden_states(ids)
-    assert torch.equal(model.lm_head(hidden), out.logits)
-    assert torch.equal(aux, model.config.router_aux_loss_coef * out.aux_loss)
-    model.config.output_router_logits = False
-    assert model.hidden_states(ids)[1] is None
-
-
-def test_a_loss_built_from_hidden_states_trains_like_forward() -> None:
-    from transformers.loss.loss_utils import ForCausalLMLoss
-
-    model = converted(layers=3)
-    ids = tokens(2, 16)
-    reference = gradients(model, ids)
-    model.zero_grad(set_to_none=True)
-    hidden, aux = model.hidden_states(ids)
-    (ForCausalLMLoss(model.lm_head(hidden), ids, model.config.vocab_size) + aux).backward()
-    assert all(torch.equal(p.grad, reference[n]) for n, p in model.named_parameters())
-
-
 def test_training_forward_equals_inference_forward() -> None:
     model = converted(layers=3)
     ids = tokens()

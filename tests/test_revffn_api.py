@@ -40,18 +40,6 @@ def test_loss_adds_the_family_router_aux_loss_like_hf() -> None:
     torch.testing.assert_close(out.loss, plain.loss + model.config.router_aux_loss_coef * out.aux_loss)
 
 
-def test_hidden_states_is_what_forward_feeds_the_head() -> None:
-    model = convert(tiny("tiny-mixtral"))
-    ids = tokens()
-    with torch.no_grad():
-        out = model(input_ids=ids, labels=ids)
-        hidden, aux = model.hidden_states(ids)
-    assert torch.equal(model.lm_head(hidden), out.logits)
-    assert torch.equal(aux, model.config.router_aux_loss_coef * out.aux_loss)
-    model.config.output_router_logits = False
-    assert model.hidden_states(ids)[1] is None
-
-
 def test_clear_errors() -> None:
     llama = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                          num_attention_heads=2, num_key_value_heads=2))

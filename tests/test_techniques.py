@@ -59,7 +59,7 @@ def test_combinations_that_cannot_work_are_refused_with_the_reason() -> None:
         create_method("store+adamw+chunked", spec(rank=4))
 
 
-@pytest.mark.parametrize("activations", ["store", "checkpoint", "revffn"])
+@pytest.mark.parametrize("activations", ["store", "checkpoint", "revffn", "revexact"])
 def test_chunked_loss_equals_the_full_loss_and_its_gradients(activations: str) -> None:
     full_loss, full_grads = loss_and_grads(f"{activations}+adamw+full", spec(WIDE))
     # 40 does not divide 2 x 64 tokens: the last chunk is short.

@@ -20,7 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from revbench.data import TokenStream, Workload
 from revbench.harness import run_method
-from revbench.measure.profiler_bytes import _allocation_events
+from revbench.measure.profiler_bytes import profile_events
 from revbench.methods import TrainSpec, create_method
 from revbench.models import ModelSpec, parse_dtype
 
@@ -84,7 +84,7 @@ def forward_kept_bytes(method: str, spec: TrainSpec) -> int:
         with profile(activities=activities, profile_memory=True) as prof:
             loss = trainer.model(input_ids=ids, labels=ids).loss
         live: dict[int, int] = {}
-        for event in _allocation_events(prof):
+        for event in profile_events(prof)[0]:
             if event.extra_fields.device.type != device_type:
                 continue
             if event.extra_fields.alloc_size > 0:

@@ -31,7 +31,7 @@ from revbench.measure.categories import (
 from revbench.measure.phases import RANGE_PREFIX, PhaseRanges
 
 
-def _events(prof: profile) -> tuple[list[Any], PhaseRanges]:
+def profile_events(prof: profile) -> tuple[list[Any], PhaseRanges]:
     """The allocation events in allocation order, and the step's phase ranges."""
     found: list[Any] = []
     ranges: list[tuple[int, int, str]] = []
@@ -66,7 +66,7 @@ def measure_peak_bytes(
     host |= host_keys(states, storage_ptr)
     del states
 
-    events, phases = _events(prof)
+    events, phases = profile_events(prof)
     events = [e for e in events if e.extra_fields.device.type == device_type]
     live: dict[int, tuple[int, int]] = {}  # ptr -> (bytes, index of its allocation event)
     delta = peak_delta = 0

@@ -6,22 +6,19 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 from transformers import PreTrainedModel
-from transformers.loss.loss_utils import ForCausalLMLoss
-from transformers.modeling_outputs import MoeCausalLMOutputWithPast
 
-from revbench.models.families import num_experts
 from revbench.revexact.function import ExactReversibleStack
 from revbench.revexact.grid import Grid
 from revbench.revexact.options import RUNTIME_OPTIONS, RevExactOptions
 from revbench.revexact.stack import LayerInputs, LayerRecord, LayerStats, StackRun, integer_forward, vanilla_forward
+from revbench.revffn.causal_lm import ReversibleCausalLM
 from revbench.revffn.families import family_ops
 from revbench.revffn.model import causal_masks, layer_type
 from revbench.revffn.replay import AutocastState, BranchRng
 
 
-class RevExactForCausalLM(nn.Module):
+class RevExactForCausalLM(ReversibleCausalLM):
     """A causal LM whose decoder stack is exactly reversible. Build it with `revbench.revexact.convert`.
 
     Parameter names equal the HF model's (model.embed_tokens, model.layers.N..., lm_head): the modules are
@@ -89,38 +86,6 @@ class RevExactForCausalLM(nn.Module):
                              causal_masks(self.config, embeds, attention_mask, position_ids), position_ids)
         hidden, router_logits = self._stack(embeds, inputs)
         return self.model.norm(hidden.to(embeds.dtype)), router_logits
-
-    def _aux_loss(self, router_logits: list[torch.Tensor], attention_mask: torch.Tensor | None,
-                  output_router_logits: bool | None) -> torch.Tensor | None:
-        """The family's load-balancing loss (unscaled), as the HF causal LM computes it, or None when off."""
-        if output_router_logits is None:
-            output_router_logits = self.config.output_router_logits
-        if not (output_router_logits and router_logits):
-            return None
-        return self.ops.load_balancing_loss(tuple(router_logits), num_experts(self.config),
-                                            self.config.num_experts_per_tok, attention_mask)
-
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                      position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(the final-norm hidden state that goes into lm_head, router_aux_loss_coef * load-balancing loss or
-        None when output_router_logits is off): what a chunked loss needs instead of the logits."""
-        hidden, router_logits = self._final_hidden(input_ids, attention_mask, position_ids)
-        aux = self._aux_loss(router_logits, attention_mask, None)
-        return hidden, None if aux is None else self.config.router_aux_loss_coef * aux
-
-    def forward(self, input_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                inputs_embeds: torch.Tensor | None = None, output_router_logits: bool | None = None,
-                **kwargs: Any) -> MoeCausalLMOutputWithPast:
-        hidden, router_logits = self._final_hidden(input_ids, attention_mask, position_ids, inputs_embeds)
-        logits = self.lm_head(hidden)
-        loss = None if labels is None else ForCausalLMLoss(logits, labels, self.config.vocab_size, **kwargs)
-        aux_loss = self._aux_loss(router_logits, attention_mask, output_router_logits)
-        if aux_loss is not None and loss is not None:
-            loss = loss + self.config.router_aux_loss_coef * aux_loss.to(loss.device)
-        keep_logits = output_router_logits if output_router_logits is not None else self.config.output_router_logits
-        return MoeCausalLMOutputWithPast(loss=loss, aux_loss=aux_loss, logits=logits,
-                                         router_logits=tuple(router_logits) if keep_logits else None)
 
     # -- statistics ----------------------------------------------------------------------------------------
     def _record_backward(self, stats: list[LayerStats], counts: dict[str, int]) -> None:

@@ -1,0 +1,48 @@
+"""What both reversible causal LMs (RevFFN's and revexact's) share around their stacks: the HF causal LM's
+forward, with the family's router load-balancing loss, so they drop in where the HF model was."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.loss.loss_utils import ForCausalLMLoss
+from transformers.modeling_outputs import MoeCausalLMOutputWithPast
+
+from revbench.models.families import num_experts
+
+
+class ReversibleCausalLM(nn.Module):
+    """Subclasses set `config`, `ops` (the family's operations), `lm_head`, and implement `_final_hidden`."""
+
+    def _final_hidden(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
+                      position_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(the final-norm hidden state, the router logits of every MoE layer)."""
+        raise NotImplementedError
+
+    def _aux_loss(self, router_logits: list[torch.Tensor], attention_mask: torch.Tensor | None,
+                  output_router_logits: bool | None) -> torch.Tensor | None:
+        """The family's load-balancing loss (unscaled), exactly as the HF causal LM computes it; None when off."""
+        if output_router_logits is None:
+            output_router_logits = self.config.output_router_logits
+        if not (output_router_logits and router_logits):
+            return None
+        return self.ops.load_balancing_loss(tuple(router_logits), num_experts(self.config),
+                                            self.config.num_experts_per_tok, attention_mask)
+
+    def forward(self, input_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                inputs_embeds: torch.Tensor | None = None, output_router_logits: bool | None = None,
+                **kwargs: Any) -> MoeCausalLMOutputWithPast:
+        hidden, router_logits = self._final_hidden(input_ids, attention_mask, position_ids, inputs_embeds)
+        logits = self.lm_head(hidden)
+        loss = None if labels is None else ForCausalLMLoss(logits, labels, self.config.vocab_size, **kwargs)
+        aux_loss = self._aux_loss(router_logits, attention_mask, output_router_logits)
+        if aux_loss is not None and loss is not None:
+            # Exactly what the HF causal LM adds: the family's load-balancing loss times the coefficient.
+            loss = loss + self.config.router_aux_loss_coef * aux_loss.to(loss.device)
+        keep_logits = output_router_logits if output_router_logits is not None else self.config.output_router_logits
+        return MoeCausalLMOutputWithPast(loss=loss, aux_loss=aux_loss, logits=logits,
+                                         router_logits=tuple(router_logits) if keep_logits else None)
