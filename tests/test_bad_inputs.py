@@ -206,7 +206,7 @@ OTHER: dict[str, tuple[list[str], str]] = {
     "unknown-command": (["train"], "invalid choice: 'train'"),
     "bench-unknown": (["bench", "speed"], "invalid choice: 'speed'"),
     "bench-nothing": (["bench"], "the following arguments are required: BENCHMARK"),
-    "report-nothing": (["report"], "the following arguments are required: DIR"),
+    "report-nothing": (["report"], "give a results directory (DIR), or --paper-scale"),
     "check-no-reference": (["check", "results"], "the following arguments are required: --against"),
     "run-suite-missing": (["run", "/nonexistent/suite.yaml"], "suite file '/nonexistent/suite.yaml' does not exist"),
     "run-suite-unknown": (["run", "nosuchsuite"], "unknown suite 'nosuchsuite'"),

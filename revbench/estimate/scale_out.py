@@ -19,7 +19,7 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from revbench.estimate.fake_step import estimate_method
+from revbench.estimate.session import estimate_method
 from revbench.estimate.sharding import LAYOUTS, ModelShape, RankPeak, rank_states, smallest_ranks
 from revbench.methods import TrainSpec
 from revbench.methods.composition import Composition
