@@ -102,8 +102,9 @@ def test_parse_bytes() -> None:
 
 
 def test_estimate_command_prints_one_json_object_per_method(capsys) -> None:
-    code = main(["estimate", "--model", "tiny-qwen2-moe", "--layers", "1", "--method", "standard,zero2-offload,lora",
-                 "--batch", "2", "--seq", "64", "--device", "cpu", "--budget", "1GiB", "--json", "--jobs", "2"])
+    code = main(["estimate", "--model", "tiny-qwen2-moe", "--layers", "1", "--method",
+                 "standard,zero2-offload,lora,checkpoint+adamw-8bit-in-backward+chunked", "--batch", "2", "--seq", "64",
+                 "--device", "cpu", "--budget", "1GiB", "--json", "--jobs", "2"])
     assert code == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len({tuple(row) for row in lines}) == 1, "every row has the same keys"
@@ -115,6 +116,10 @@ def test_estimate_command_prints_one_json_object_per_method(capsys) -> None:
     assert [standard[c] for c in ("params", "grads", "optimizer", "activations")] == [
         expected.params, expected.grads, expected.optimizer, expected.activations]
     assert standard["host_peak_bytes"] == 0 and rows["lora"]["status"] == "ok"
+    composed = rows["checkpoint+adamw-8bit-in-backward+chunked"]
+    assert composed["status"] == "ok" and composed["techniques"] == {
+        "activations": "checkpoint", "states": "adamw-8bit-in-backward", "loss": "chunked"}
+    assert standard["techniques"] == {"activations": "store", "states": "adamw", "loss": "full"}
     assert offload["status"] == "ok" and offload["optimizer"] == 0
     assert offload["host_peak_bytes"] == offload["host_params"] + offload["host_grads"] + offload["host_optimizer"]
     assert offload["host_optimizer"] == 12 * standard["parameters"]  # fp32 master + Adam's two moments

@@ -91,7 +91,7 @@ def json_row(context: dict[str, Any], row: Row, budget: int | None) -> dict[str,
     from revbench.methods import parse_method
 
     e, device, host = row.estimate, row.estimate.tensor_bytes, row.estimate.host_bytes
-    out = {**context, "method": e.method, **parse_method(e.method).to_dict(), "status": e.status,
+    out = {**context, "method": e.method, "techniques": parse_method(e.method).to_dict(), "status": e.status,
            "device_peak_bytes": e.peak_bytes, "host_peak_bytes": e.host_peak_bytes,
            "peak_phase": device.phase if device else None}
     for category in ("params", "grads", "optimizer", "workspace", "activations"):
