@@ -24,6 +24,9 @@ class RevExactForCausalLM(ReversibleCausalLM):
     Parameter names equal the HF model's (model.embed_tokens, model.layers.N..., lm_head): the modules are
     the pretrained model's own, unchanged."""
 
+    design = "revexact"
+    runtime_options = RUNTIME_OPTIONS
+
     def __init__(self, hf_model: PreTrainedModel, options: RevExactOptions) -> None:
         super().__init__()
         config = hf_model.config
@@ -40,19 +43,6 @@ class RevExactForCausalLM(ReversibleCausalLM):
         self.fallback_counts = [0] * config.num_hidden_layers
         self.recomputed_total = 0
         self.backwards = 0
-
-    def configure(self, **options: Any) -> None:
-        """Change options that act at run time (mode, fallback, replay_routing, verify)."""
-        fixed = sorted(set(options) - set(RUNTIME_OPTIONS))
-        if fixed:
-            raise ValueError(f"revexact option {', '.join(fixed)} is fixed at conversion; "
-                             f"at run time only {', '.join(RUNTIME_OPTIONS)} can change")
-        self.options = self.options.replace(**options)
-        self.config.revexact = self.options.to_dict()
-
-    @property
-    def device(self) -> torch.device:
-        return self.lm_head.weight.device
 
     # -- the stack ---------------------------------------------------------------------------------------
     def _run(self, inputs: LayerInputs, embeds: torch.Tensor) -> StackRun:

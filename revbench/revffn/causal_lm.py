@@ -3,7 +3,7 @@ forward, with the family's router load-balancing loss, so they drop in where the
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -14,7 +14,24 @@ from revbench.models.families import num_experts
 
 
 class ReversibleCausalLM(nn.Module):
-    """Subclasses set `config`, `ops` (the family's operations), `lm_head`, and implement `_final_hidden`."""
+    """Subclasses set `config`, `ops` (the family's operations), `lm_head` and `options`, name their design and
+    its run-time options, and implement `_final_hidden`."""
+
+    design: ClassVar[str]  # as messages name it, and (lower case) the config key the options are saved under
+    runtime_options: ClassVar[tuple[str, ...]]  # options that may change after conversion
+
+    def configure(self, **options: Any) -> None:
+        """Change options that act at run time; the others shape the stack and are fixed at conversion."""
+        fixed = sorted(set(options) - set(self.runtime_options))
+        if fixed:
+            raise ValueError(f"{self.design} option {', '.join(fixed)} is fixed at conversion; "
+                             f"at run time only {', '.join(self.runtime_options)} can change")
+        self.options = self.options.replace(**options)
+        setattr(self.config, self.design.lower(), self.options.to_dict())
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
 
     def _final_hidden(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
                       position_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None = None

@@ -63,6 +63,9 @@ class RevFFNModel(nn.Module):
 class RevFFNForCausalLM(ReversibleCausalLM):
     """A RevFFN causal LM. Build it with `revbench.revffn.convert(hf_model, **options)`."""
 
+    design = "RevFFN"
+    runtime_options = RUNTIME_OPTIONS
+
     def __init__(self, hf_model: PreTrainedModel, options: RevFFNOptions) -> None:
         super().__init__()
         config = hf_model.config
@@ -79,20 +82,6 @@ class RevFFNForCausalLM(ReversibleCausalLM):
         self.recomputed_total = 0
         self._last_counts: dict[str, int] = {}
         self.backwards = 0
-
-    def configure(self, **options: Any) -> None:
-        """Change options that act at run time (mode, tol, max_iters, solver, fallback, replay_routing, verify);
-        the others shape the blocks and are fixed at conversion."""
-        fixed = sorted(set(options) - set(RUNTIME_OPTIONS))
-        if fixed:
-            raise ValueError(f"RevFFN option {', '.join(fixed)} is fixed at conversion; "
-                             f"at run time only {', '.join(RUNTIME_OPTIONS)} can change")
-        self.options = self.options.replace(**options)
-        self.config.revffn = self.options.to_dict()
-
-    @property
-    def device(self) -> torch.device:
-        return self.lm_head.weight.device
 
     def new_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """The adapters and new norms a conversion added (stage 1 of the two-stage schedule trains these)."""
