@@ -154,7 +154,10 @@ def test_worker_faults_exit_codes_and_retry(tmp_path: Path, capsys: pytest.Captu
     assert "exit 1: no run finished ok" in printed
     records = [json.loads(line) for line in complete_lines(results)]
     assert [r["status"] for r in records] == ["error", "error"]
-    assert "was killed by SIGKILL" in records[0]["error"] and "KeyboardInterrupt" in records[1]["error"]
+    assert "was killed by SIGKILL" in records[0]["error"]
+    # A SIGINT that lands before the interpreter has installed its handler kills the worker outright; after, it
+    # raises KeyboardInterrupt, which the worker's log ends with. Either way the record says so.
+    assert "KeyboardInterrupt" in records[1]["error"] or "was killed by SIGINT" in records[1]["error"]
 
     # Resume without --retry: nothing runs, the skipped runs and the flag are named, still exit 1.
     assert main(["run", str(suite), "--out", str(out), "--no-report"]) == 1
