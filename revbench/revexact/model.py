@@ -13,7 +13,6 @@ from revbench.revexact.grid import Grid
 from revbench.revexact.options import RUNTIME_OPTIONS, RevExactOptions
 from revbench.revexact.stack import LayerInputs, LayerRecord, LayerStats, StackRun, integer_forward, vanilla_forward
 from revbench.revffn.causal_lm import ReversibleCausalLM
-from revbench.revffn.families import family_ops
 from revbench.revffn.model import causal_masks, layer_type
 from revbench.revffn.replay import AutocastState, BranchRng
 
@@ -28,14 +27,9 @@ class RevExactForCausalLM(ReversibleCausalLM):
     runtime_options = RUNTIME_OPTIONS
 
     def __init__(self, hf_model: PreTrainedModel, options: RevExactOptions) -> None:
-        super().__init__()
-        config = hf_model.config
-        self.ops = family_ops(config)
-        self.options = options
-        config.revexact = options.to_dict()  # saved with the config, so a checkpoint knows how it was converted
-        self.config = config
+        super().__init__(hf_model, options)
+        config = self.config
         self.model = hf_model.model
-        self.lm_head = hf_model.lm_head
         self.grid = Grid(options.grid_bits, options.side_bits)
         self._last_stats: list[LayerStats] = []
         self._last_counts: dict[str, int] = {}

@@ -7,10 +7,12 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 from transformers.loss.loss_utils import ForCausalLMLoss
 from transformers.modeling_outputs import MoeCausalLMOutputWithPast
 
-from revbench.models.families import num_experts
+from revbench.models.families import FAMILIES, UnsupportedArchitectureError, num_experts
+from revbench.revffn.families import family_ops
 
 
 class ReversibleCausalLM(nn.Module):
@@ -19,6 +21,32 @@ class ReversibleCausalLM(nn.Module):
 
     design: ClassVar[str]  # as messages name it, and (lower case) the config key the options are saved under
     runtime_options: ClassVar[tuple[str, ...]]  # options that may change after conversion
+
+    def __init__(self, hf_model: PreTrainedModel, options: Any) -> None:
+        super().__init__()
+        config = hf_model.config
+        self.ops = family_ops(config)
+        self.options = options
+        # Saved with the config, so a checkpoint knows how it was converted.
+        setattr(config, self.design.lower(), options.to_dict())
+        self.config = config
+        self.lm_head = hf_model.lm_head
+
+    @classmethod
+    def check_convertible(cls, model: nn.Module) -> None:
+        """Refuse, with the reason, a model this design cannot convert: not an HF causal LM of a supported family,
+        or one converted already."""
+        if isinstance(model, cls):
+            raise ValueError(f"the model is already a {cls.design} model")
+        config = getattr(model, "config", None)
+        if config is None or not hasattr(config, "model_type"):
+            supported = ", ".join(f.model_class.__name__ for f in FAMILIES.values())
+            raise UnsupportedArchitectureError(f"{type(model).__name__} has no Hugging Face config; {cls.design} "
+                                               f"converts {supported}")
+        expected = FAMILIES[family_ops(config).name].model_class
+        if not isinstance(model, expected):
+            raise UnsupportedArchitectureError(
+                f"{cls.design} converts causal LMs: expected {expected.__name__}, got {type(model).__name__}")
 
     def configure(self, **options: Any) -> None:
         """Change options that act at run time; the others shape the stack and are fixed at conversion."""

@@ -7,9 +7,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from revbench.models.families import FAMILIES, UnsupportedArchitectureError
 from revbench.revffn.block import RevFFNBlock
-from revbench.revffn.families import family_ops
 from revbench.revffn.model import RevFFNForCausalLM
 from revbench.revffn.options import RevFFNOptions
 
@@ -21,17 +19,8 @@ def convert(model: PreTrainedModel, **options: Any) -> RevFFNForCausalLM:
     copies: after conversion train the returned model, not the original.
     """
     opts = RevFFNOptions.from_kwargs(**options)
-    if isinstance(model, RevFFNForCausalLM):
-        raise ValueError("the model is already a RevFFN model")
-    config = getattr(model, "config", None)
-    if config is None or not hasattr(config, "model_type"):
-        raise UnsupportedArchitectureError(f"{type(model).__name__} has no Hugging Face config; RevFFN converts "
-                                           f"{', '.join(f.model_class.__name__ for f in FAMILIES.values())}")
-    ops = family_ops(config)
-    expected = FAMILIES[ops.name].model_class
-    if not isinstance(model, expected):
-        raise UnsupportedArchitectureError(
-            f"RevFFN converts causal LMs: expected {expected.__name__}, got {type(model).__name__}")
+    RevFFNForCausalLM.check_convertible(model)
+    config = model.config
     if config.hidden_size % 2:
         raise ValueError(f"hidden_size {config.hidden_size} cannot be split into two equal streams; "
                          f"RevFFN needs an even hidden size")

@@ -12,7 +12,6 @@ from transformers.masking_utils import create_causal_mask, create_sliding_window
 
 from revbench.revffn.block import NEW_MODULES, RevFFNBlock, StackInputs
 from revbench.revffn.causal_lm import ReversibleCausalLM
-from revbench.revffn.families import family_ops
 from revbench.revffn.options import RUNTIME_OPTIONS, RevFFNOptions
 from revbench.revffn.replay import AutocastState, BranchRng
 from revbench.revffn.reversible import ReversibleStack
@@ -67,16 +66,11 @@ class RevFFNForCausalLM(ReversibleCausalLM):
     runtime_options = RUNTIME_OPTIONS
 
     def __init__(self, hf_model: PreTrainedModel, options: RevFFNOptions) -> None:
-        super().__init__()
-        config = hf_model.config
-        self.ops = family_ops(config)
-        self.options = options
-        config.revffn = options.to_dict()  # saved with the config, so a checkpoint knows how it was converted
-        self.config = config
+        super().__init__(hf_model, options)
+        config = self.config
         blocks = [RevFFNBlock(layer, self.ops, options, config, layer_type(config, i))
                   for i, layer in enumerate(hf_model.model.layers)]
         self.model = RevFFNModel(hf_model.model, blocks)
-        self.lm_head = hf_model.lm_head
         self._last_stats: list[LayerStats] = []
         self.fallback_counts = [0] * len(blocks)
         self.recomputed_total = 0
