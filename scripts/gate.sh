@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CPU regression gate: run the smoke suite on CPU and check it against the committed reference
+# The CPU regression gate: run the smoke and handoff suites on CPU and check them against the committed reference
 # (results/reference/cpu-smoke). Exact tensor bytes gate at 0 %; timings are reported only.
 #   scripts/gate.sh            run and check (exit 1 on a regression, a missing run or a status change)
 #   scripts/gate.sh --refresh  run and record the result as the new reference (every run must be ok)
@@ -10,7 +10,9 @@ export OMP_NUM_THREADS=2  # the reference was recorded with 2 threads: kernels' 
 reference=results/reference/cpu-smoke
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-.venv/bin/python -m revbench run smoke --device cpu --out "$out" --no-report
+for suite in smoke handoff; do
+  .venv/bin/python -m revbench run "$suite" --device cpu --out "$out" --no-report
+done
 if [ "${1:-}" = --refresh ]; then
   .venv/bin/python - "$out" <<'PY'
 import sys

@@ -55,7 +55,7 @@ def test_estimate_gpus_prints_every_combination(capsys: pytest.CaptureFixture[st
     for name in ("store+adamw-ddp+full", "zero2-offload", "zero3-offload", "checkpoint+zero3-offload+full",
                  "revffn-zero2-offload", "revffn+adamw-ddp+full"):
         assert f"| {name} " in out
-    assert "revffn+zero3-offload+full: refused: RevFFN's reversible backward" in out
+    assert "revffn+zero3-offload+full: refused: ZeRO-3 gathers a partitioned weight only inside" in out
     assert "none up to 4096" in out  # DDP replicates: no rank count shrinks it
 
 

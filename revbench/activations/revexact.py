@@ -22,15 +22,5 @@ class RevExact(Activations):
     def build(self, model: nn.Module) -> nn.Module:
         return convert(model, **{k: v for k, v in self.spec.options.items() if k in OPTION_NAMES})
 
-    def refuses(self, states: str, loss: str) -> str | None:
-        if states == "zero3-offload":
-            return ("the exact stack recomputes each layer in its own backward, outside the module calls where ZeRO-3 "
-                    "gathers partitioned weights, so it finds them partitioned away (a gradient of shape [0]); use "
-                    "zero2-offload or adamw-ddp")
-        if states == "lora":
-            return ("PEFT wraps Hugging Face PreTrainedModels and the converted stack is not one (no "
-                    "base_model_prefix); LoRA on the unchanged layers before conversion is not built")
-        return None
-
     def stats(self, model: nn.Module) -> dict[str, Any]:
         return model.reconstruction_summary()

@@ -37,8 +37,10 @@ class RevFFN(Activations):
             return ("LoRA freezes every weight but its own adapters, so RevFFN's newly initialised stream adapters "
                     "would never train")
         if states == "zero3-offload":
-            return ("RevFFN's reversible backward recomputes through the weights outside the module calls where ZeRO-3 "
-                    "gathers them, so it finds them partitioned away (size 0); use zero2-offload or adamw-ddp")
+            return ("ZeRO-3 gathers a partitioned weight only inside its own module's call, and RevFFN's reversible "
+                    "backward evaluates its blocks piecewise outside those calls (the norms' weights read directly, "
+                    "attention iterated to a fixed point), so it would find them partitioned away (size 0); "
+                    "revexact, which calls each unchanged layer as a module, runs on zero3-offload")
         if (states.startswith("zero") or states == "adamw-ddp") and self.stage == "two-stage":
             return ("DeepSpeed and DDP fix the trainable parameters at initialize, so RevFFN stage 'two-stage' (which "
                     "thaws the pretrained weights mid-run) cannot run on it; use stage 'full' or 'warmup'")

@@ -23,6 +23,9 @@ BENCHMARKS = {
     "axes": "each technique's peak by category, device/host and phase, one axis at a time",
     "depth": "activation bytes and step time against depth, for backprop, checkpointing and RevFFN",
     "cli": "how long `revbench --help`, `revbench env` and each subcommand's --help take, and what they import",
+    "handoff": "reversible stacks vs checkpointing with 8-bit AdamW stepped in backward: peak bytes, live gradients, "
+               "step time",
+    "peak": "what one method's step holds at its device peak, tensor by tensor (fake tensors, any scale)",
     "overhead": "step time with the NVML and host memory samplers on and off, on the same model: their cost",
 }
 

@@ -120,26 +120,30 @@ class MethodStep:
         # PEFT cannot build on fake tensors: it builds on the meta device, whose tensors then become fake.
         lora = parse_method(name).states == "lora"
         method = fake_method_from_meta(name, self.spec, self.mode) if lora else None
-        with unpacked_sequences(), self.mode, self.shim:
+        with self.context():
             if method is None:
                 method = create_method(name, self.spec)
                 use_layout(method)
                 method.prepare()
             self.method = method
             self.parameters = sum(p.numel() for p in method.model.parameters())
-            self._step(self.spec.workload.batch, self.spec.workload.seq)  # warm-up: creates the optimizer state
+            self.method.zero_grad()
+            self.train(self.spec.workload.batch, self.spec.workload.seq)  # warm-up: creates the optimizer state
         self.label = f"fake-tensor estimate ({target})"
 
-    def _step(self, batch: int, seq: int) -> Any:
-        self.method.zero_grad()
+    @contextlib.contextmanager
+    def context(self) -> Iterator[None]:
+        """Where the method's fake tensors may be stepped."""
+        with unpacked_sequences(), self.mode, self.shim:
+            yield
+
+    def train(self, batch: int, seq: int) -> Any:
+        """One step, its batch created inside (as the harness's data stream does); call under context()."""
         return self.method.train_step(torch.zeros((batch, seq), dtype=torch.long))
 
     def peak(self, batch: int, seq: int) -> tuple[TensorBytes, TensorBytes | None]:
         """Device bytes at the peak of one step after the warm-up, and host bytes (none for these methods)."""
-        with unpacked_sequences(), self.mode, self.shim:
+        with self.context():
             self.method.zero_grad()
-            # The batch is created inside the window, as the harness's data stream does.
-            _, tensor_bytes = measure_peak_bytes_tracked(
-                lambda: self.method.train_step(torch.zeros((batch, seq), dtype=torch.long)),
-                self.method.state_tensors)
+            _, tensor_bytes = measure_peak_bytes_tracked(lambda: self.train(batch, seq), self.method.state_tensors)
         return replace(tensor_bytes, method=self.label), None

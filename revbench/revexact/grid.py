@@ -62,6 +62,7 @@ class Grid:
                                     f"(grid_bits={self.grid_bits}); convert with a smaller grid_bits")
         return x_next, (t & self.mask).to(torch.uint8)
 
-    def invert(self, x_next: torch.Tensor, q: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
-        """x_{n-1} from x_{n+1}, Q[z_n] and side_n."""
-        return -(((x_next - q) << self.side_bits) + side.to(torch.int32))
+    def invert_(self, x_next: torch.Tensor, q: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
+        """x_{n-1} from x_{n+1}, Q[z_n] and side_n, in place: x_{n+1}'s storage becomes x_{n-1} (backward needs
+        x_{n+1} no more)."""
+        return x_next.sub_(q).bitwise_left_shift_(self.side_bits).add_(side).neg_()

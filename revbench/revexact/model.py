@@ -8,11 +8,12 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from revbench.revexact.function import ExactReversibleStack
+from revbench.revexact.function import ExactWalk
 from revbench.revexact.grid import Grid
 from revbench.revexact.options import RUNTIME_OPTIONS, RevExactOptions
 from revbench.revexact.stack import LayerInputs, LayerRecord, LayerStats, StackRun, integer_forward, vanilla_forward
 from revbench.revffn.causal_lm import ReversibleCausalLM
+from revbench.revffn.handoff import run_stack
 from revbench.revffn.model import causal_masks, layer_type
 from revbench.revffn.replay import AutocastState, BranchRng
 
@@ -54,9 +55,9 @@ class RevExactForCausalLM(ReversibleCausalLM):
         if self.options.mode == "vanilla":
             run.records = [LayerRecord(BranchRng(embeds.device)) for _ in run.layers]
             return vanilla_forward(run, embeds)
-        out, *logits = ExactReversibleStack.apply(run, embeds, *run.params)
+        out, logits = run_stack(ExactWalk(run), embeds, len(run.layers))
         self._side_bytes = sum(r.side.nbytes for r in run.records if r.side is not None)
-        return out, list(logits)
+        return out, logits
 
     def _final_hidden(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
                       position_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None = None

@@ -2,7 +2,7 @@
 
 Streams: x_0 = Q[embeds], x_1 = Q[layer_0(x_0)] (a plain step), then the momentum step of grid.py for layers
 1..L-1. The forward keeps per layer only its packed side bits, a checksum of x_{n-1}, its routing decisions
-and (random branches only) an RNG snapshot; the autograd Function keeps the final pair (x_{L-1}, x_L).
+and (random branches only) an RNG snapshot; the backward walk (function.py) keeps the final pair (x_{L-1}, x_L).
 """
 
 from __future__ import annotations

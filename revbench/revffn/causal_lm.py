@@ -21,6 +21,7 @@ class ReversibleCausalLM(nn.Module):
 
     design: ClassVar[str]  # as messages name it, and (lower case) the config key the options are saved under
     runtime_options: ClassVar[tuple[str, ...]]  # options that may change after conversion
+    base_model_prefix: ClassVar[str] = "model"  # as in HF causal LMs: the base model stays at .model (PEFT reads it)
 
     def __init__(self, hf_model: PreTrainedModel, options: Any) -> None:
         super().__init__()

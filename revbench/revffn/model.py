@@ -12,9 +12,10 @@ from transformers.masking_utils import create_causal_mask, create_sliding_window
 
 from revbench.revffn.block import NEW_MODULES, RevFFNBlock, StackInputs
 from revbench.revffn.causal_lm import ReversibleCausalLM
+from revbench.revffn.handoff import run_stack
 from revbench.revffn.options import RUNTIME_OPTIONS, RevFFNOptions
 from revbench.revffn.replay import AutocastState, BranchRng
-from revbench.revffn.reversible import ReversibleStack
+from revbench.revffn.reversible import RevFFNWalk
 from revbench.revffn.routing import RouterTap
 from revbench.revffn.stack import LayerStats, StackRun, sketch_projection, split
 
@@ -107,11 +108,9 @@ class RevFFNForCausalLM(ReversibleCausalLM):
                 if tap.logits is not None:
                     logits.append(tap.logits)
             return torch.cat([x1, x2], dim=-1), logits
-        run = StackRun(blocks, self.options, inputs, AutocastState.capture(embeds.device.type),
-                       list(self.model.layers.parameters()), self._record_stats,
+        run = StackRun(blocks, self.options, inputs, AutocastState.capture(embeds.device.type), self._record_stats,
                        projection=sketch_projection(embeds.shape[-1], self.options.sketch_dim, embeds.device))
-        out, *logits = ReversibleStack.apply(run, embeds, *run.params)
-        return out, logits
+        return run_stack(RevFFNWalk(run), embeds, len(blocks))
 
     def _record_stats(self, stats: list[LayerStats], counts: dict[str, int]) -> None:
         self._last_stats, self._last_counts = stats, counts

@@ -1,57 +1,70 @@
-"""Backprop over the whole decoder stack without per-layer activations: one autograd.Function.
+"""Backprop over the whole decoder stack without per-layer activations, one layer's gradients at a time.
 
 Forward (under no_grad) keeps the stack output, per layer the routing indices, a per-token sketch of its input
 (and RNG snapshots of random branches), and, only for fallback="recompute", the stack input. Backward walks the
 layers in reverse, each reconstructed and backpropagated by `inverse.layer_backward`, with the forward's autocast
-state re-entered.
-
-Gradients are returned through the Function, not accumulated into .grad behind autograd's back, so
-torch.autograd.grad, gradient hooks and ZeRO's reduce hooks see them as any other gradient.
+state re-entered; each layer's parameter gradients leave through its own graph node (handoff.py), so gradient
+hooks, in-backward optimizers and ZeRO's reduce hooks see them layer by layer.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
+from torch import nn
 
+from revbench.revffn.handoff import Walk
 from revbench.revffn.inverse import layer_backward
 from revbench.revffn.replay import BranchRng
 from revbench.revffn.stack import FallbackCache, LayerRecord, LayerStats, StackRun, run_forward, split
 
 
-class ReversibleStack(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, run: StackRun, hidden: torch.Tensor, *params: torch.Tensor) -> tuple[torch.Tensor, ...]:
+class RevFFNWalk(Walk):
+    """The RevFFN stack's forward and its backward walk (handoff.py)."""
+
+    def __init__(self, run: StackRun) -> None:
+        super().__init__()
+        self.run = run
+        self.hidden: torch.Tensor | None = None
+
+    def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        run = self.run
         run.records = [LayerRecord(BranchRng(hidden.device)) for _ in run.blocks]
         x1, x2, logits = run_forward(run, hidden)
-        out = torch.cat([x1, x2], dim=-1)
-        ctx.run = run
-        ctx.hidden_dtype = hidden.dtype
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(out, hidden if run.options.fallback == "recompute" else None)
-        return (out, *logits)
+        self.hidden_dtype = hidden.dtype
+        self.hidden = hidden.detach() if run.options.fallback == "recompute" else None
+        return torch.cat([x1, x2], dim=-1), logits
 
-    @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor | None, *grad_logits: torch.Tensor | None) -> tuple[Any, ...]:
-        run: StackRun = ctx.run
-        out, hidden = ctx.saved_tensors
+    def node_params(self, n: int) -> list[nn.Parameter]:
+        return list(self.run.blocks[n].parameters())
+
+    def begin_backward(self, out: torch.Tensor, grad_out: torch.Tensor | None,
+                       grad_logits: tuple[torch.Tensor | None, ...]) -> None:
+        run = self.run
         for rec in run.records:
             rec.rng.replaying = True
         run.cache = FallbackCache()
-        grads: dict[int, torch.Tensor] = {}
-        y = split(out.detach())
-        g = split(grad_out if grad_out is not None else torch.zeros_like(out))
-        stats: list[LayerStats] = []
+        self.y = split(out.detach())
+        self.g = split(grad_out if grad_out is not None else torch.zeros_like(out))
+        self.grad_logits = list(grad_logits)
+        self.stats: list[LayerStats] = []
+
+    def layer_backward(self, n: int) -> dict[int, torch.Tensor]:
+        run = self.run
+        slot = run.records[n].logits_slot
+        grad_logits = None if slot is None else self.grad_logits[slot]
+        if slot is not None:
+            self.grad_logits[slot] = None  # used once: free it as the backward goes down
         with run.autocast.replay():
-            for i in reversed(range(len(run.blocks))):
-                slot = run.records[i].logits_slot
-                layer = layer_backward(run, i, y, g, grad_logits[slot] if slot is not None else None, hidden)
-                for key, grad in layer.params.items():
-                    grads[key] = grad if key not in grads else grads[key] + grad
-                y, g = layer.x, layer.grad_x
-                stats.append(layer.stats)
-        run.on_stats(stats[::-1], run.cache.counts())
+            layer = layer_backward(run, n, self.y, self.g, grad_logits, self.hidden)
+        self.y, self.g = layer.x, layer.grad_x
+        self.stats.append(layer.stats)
+        return layer.params
+
+    def end_backward(self, needs_input_grad: bool) -> torch.Tensor | None:
+        run = self.run
+        run.on_stats(self.stats[::-1], run.cache.counts())
         run.cache = FallbackCache()  # free what the fallbacks kept
-        grad_hidden = torch.cat(g, dim=-1).to(ctx.hidden_dtype) if ctx.needs_input_grad[1] else None
-        return (None, grad_hidden, *(grads.get(id(p)) for p in run.params))
+        grad = torch.cat(self.g, dim=-1).to(self.hidden_dtype) if needs_input_grad else None
+        self.y = self.g = ()
+        self.hidden = None
+        return grad

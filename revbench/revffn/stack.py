@@ -64,7 +64,6 @@ class StackRun:
     options: RevFFNOptions
     inputs: StackInputs
     autocast: AutocastState
-    params: list[torch.nn.Parameter]
     on_stats: Callable[[list[LayerStats], dict[str, int]], None]
     records: list[LayerRecord] = field(default_factory=list)
     cache: FallbackCache = field(default_factory=FallbackCache)

@@ -37,13 +37,17 @@ class Lora(ModelStates):
             raise ValueError(f"lora rank must be >= 1, got {self.rank}")
 
     def setup(self, model: nn.Module) -> Callable[..., Any]:
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig, get_peft_model, inject_adapter_in_model
+        from transformers import PreTrainedModel
 
         config = LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=0.0, bias="none",
                             target_modules=[*ATTENTION, *DENSE_MLP],
                             target_parameters=list(FUSED_EXPERTS) if self.experts else None)
         torch.manual_seed(self.spec.seed)  # the adapters' random init (B starts at zero, so the model is unchanged)
-        self.model = get_peft_model(model, config).train()
+        if isinstance(model, PreTrainedModel):
+            self.model = get_peft_model(model, config).train()
+        else:  # a converted model (revexact's stack keeps the HF layers): adapters go into those layers in place
+            self.model = inject_adapter_in_model(config, model).train()
         self.optimizer = self.make_optimizer([p for p in self.model.parameters() if p.requires_grad])
         return self.model
 

@@ -1,0 +1,133 @@
+"""The reversible stacks' autograd construction: one graph node per layer, so each layer's parameter gradients
+leave backward as soon as they exist.
+
+    embeds -> Start -> Layer_0 -> ... -> Layer_{L-1} -> Output -> (stack output, router logits)
+
+Start runs the whole forward without grad; the layer nodes only pass an empty token along, and Output hands out
+what Start computed. Backward walks the chain down: Output gives the walk the output's gradients, each Layer_n
+reconstructs layer n and returns its parameters' gradients (Layer_0 also closes the walk, since Start is not in the
+graph when the stack input takes no gradient: frozen embeddings, LoRA), and autograd's own AccumulateGrad nodes
+(which it runs as soon as they are ready) put them in `.grad` and fire every hook on them (in-backward optimizer steps,
+ZeRO's reduce and offload, DDP's buckets) before layer n-1 is touched. The layer's parameters are ordinary inputs
+of its node, so `torch.autograd.grad` and `backward(inputs=...)` see them as any other gradient.
+
+The walk's state (the reconstructed streams, the running input gradients) travels beside the graph, in the walk
+object, as RevViT and revlib carry it; only one layer's gradients are ever live.
+
+A layer whose parameters ZeRO-3 partitions cannot take them as node inputs (their shape at the node is [0]):
+its walk leaves them out and hands its gradients to autograd inside its own backward, while ZeRO-3 has them
+gathered (`nested_backward`), as DeepSpeed's own re-entrant checkpointing does.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class Walk(ABC):
+    """One forward of a reversible stack and its backward, layer by layer."""
+
+    def __init__(self) -> None:
+        self.result: tuple[torch.Tensor, list[torch.Tensor]] | None = None  # the forward's outputs, Start to Output
+        self.input_needs_grad = False  # set by Start
+        self.input_grad: torch.Tensor | None = None  # from Layer_0 to Start
+
+    @abstractmethod
+    def forward(self, embeds: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The stack's output and its router logits, without grad, keeping what backward needs."""
+
+    @abstractmethod
+    def node_params(self, n: int) -> list[nn.Parameter]:
+        """Layer n's parameters that are inputs of its graph node."""
+
+    @abstractmethod
+    def begin_backward(self, out: torch.Tensor, grad_out: torch.Tensor | None,
+                       grad_logits: tuple[torch.Tensor | None, ...]) -> None: ...
+
+    @abstractmethod
+    def layer_backward(self, n: int) -> dict[int, torch.Tensor]:
+        """Reconstruct layer n, step the input gradients down past it; id(parameter) -> gradient."""
+
+    @abstractmethod
+    def end_backward(self, needs_input_grad: bool) -> torch.Tensor | None:
+        """After layer 0: record the backward's statistics, free the walk's state; the stack input's gradient."""
+
+
+def partitioned(params: list[nn.Parameter]) -> bool:
+    """Are these parameters partitioned by DeepSpeed ZeRO-3 (gathered only inside their modules' calls)?"""
+    return any(hasattr(p, "ds_id") for p in params)
+
+
+def nested_backward(outputs: list[torch.Tensor], grads: list[torch.Tensor],
+                    inputs: list[torch.Tensor]) -> None:
+    """Backpropagate a recomputed layer into `.grad` of `inputs` now, from inside the stack's backward."""
+    if not torch.autograd._is_checkpoint_valid():
+        raise RuntimeError("a reversible stack over ZeRO-3-partitioned parameters hands their gradients to autograd "
+                           "inside its backward, which torch.autograd.grad and backward(inputs=...) do not allow; "
+                           "call loss.backward() (or the DeepSpeed engine's backward)")
+    torch.autograd.backward(outputs, grads, inputs=inputs)
+
+
+def _token(like: torch.Tensor) -> torch.Tensor:
+    return torch.empty(0, device=like.device)
+
+
+class _Start(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, walk: Walk, embeds: torch.Tensor) -> torch.Tensor:
+        ctx.walk = walk
+        ctx.set_materialize_grads(False)
+        walk.result = walk.forward(embeds)  # handed out (and dropped) by _Output
+        walk.input_needs_grad = ctx.needs_input_grad[1]
+        return _token(embeds)
+
+    @staticmethod
+    def backward(ctx: Any, _: torch.Tensor | None) -> tuple[Any, ...]:
+        grad, ctx.walk.input_grad = ctx.walk.input_grad, None
+        return None, grad
+
+
+class _Layer(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, walk: Walk, n: int, token: torch.Tensor, *params: nn.Parameter) -> torch.Tensor:
+        ctx.walk, ctx.n, ctx.params = walk, n, params
+        ctx.set_materialize_grads(False)
+        return _token(token)
+
+    @staticmethod
+    def backward(ctx: Any, _: torch.Tensor | None) -> tuple[Any, ...]:
+        walk = ctx.walk
+        grads = walk.layer_backward(ctx.n)
+        if ctx.n == 0:
+            walk.input_grad = walk.end_backward(walk.input_needs_grad)
+        return (None, None, None, *(grads.get(id(p)) for p in ctx.params))
+
+
+class _Output(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, walk: Walk, token: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out, logits = walk.result
+        walk.result = None
+        ctx.walk = walk
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(out)  # saved, not kept on the walk: an output kept by its own node is a cycle
+        return (out, *logits)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor | None, *grad_logits: torch.Tensor | None) -> tuple[Any, ...]:
+        (out,) = ctx.saved_tensors
+        ctx.walk.begin_backward(out, grad_out, grad_logits)
+        return None, None
+
+
+def run_stack(walk: Walk, embeds: torch.Tensor, layers: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The stack's output and router logits, with the per-layer backward chain behind them."""
+    token = _Start.apply(walk, embeds)
+    for n in range(layers):
+        token = _Layer.apply(walk, n, token, *walk.node_params(n))
+    out, *logits = _Output.apply(walk, token)
+    return out, list(logits)
