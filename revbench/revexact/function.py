@@ -30,7 +30,10 @@ class ExactWalk(Walk):
     """The exact stack's forward and its backward walk (revffn/handoff.py).
 
     Backward state: the pair (x_cur, x_next) = (x_n, x_{n+1}) and the gradients (a, b) of the loss with respect
-    to them, stepped down one layer per graph node."""
+    to them, stepped down one layer per graph node. The pair is kept from the forward: the stack's output (its
+    float32 image) is not."""
+
+    keeps_output = False
 
     def __init__(self, run: StackRun) -> None:
         super().__init__()
@@ -50,12 +53,12 @@ class ExactWalk(Walk):
     def node_params(self, n: int) -> list[nn.Parameter]:
         return [] if self.nested else list(self.run.layers[n].parameters())
 
-    def begin_backward(self, out: torch.Tensor, grad_out: torch.Tensor | None,
+    def begin_backward(self, out: torch.Tensor | None, grad_out: torch.Tensor | None,
                        grad_logits: tuple[torch.Tensor | None, ...]) -> None:
         for rec in self.run.records:
             rec.rng.replaying = True
-        self.b = grad_out if grad_out is not None else torch.zeros(out.shape, dtype=torch.float32,
-                                                                   device=out.device)
+        self.b = grad_out if grad_out is not None else torch.zeros(self.x_next.shape, dtype=torch.float32,
+                                                                   device=self.x_next.device)
         self.a: torch.Tensor | None = None  # zero above the top layer: not allocated
         self.grad_logits = list(grad_logits)
         self.cache: list[torch.Tensor] | None = None  # the fallback's recomputed streams x_0..x_{n-1}, popped

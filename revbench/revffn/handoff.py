@@ -31,6 +31,8 @@ from torch import nn
 class Walk(ABC):
     """One forward of a reversible stack and its backward, layer by layer."""
 
+    keeps_output: bool  # does backward start from the stack's output values (else from state the walk keeps)?
+
     def __init__(self) -> None:
         self.result: tuple[torch.Tensor, list[torch.Tensor]] | None = None  # the forward's outputs, Start to Output
         self.input_needs_grad = False  # set by Start
@@ -45,7 +47,7 @@ class Walk(ABC):
         """Layer n's parameters that are inputs of its graph node."""
 
     @abstractmethod
-    def begin_backward(self, out: torch.Tensor, grad_out: torch.Tensor | None,
+    def begin_backward(self, out: torch.Tensor | None, grad_out: torch.Tensor | None,
                        grad_logits: tuple[torch.Tensor | None, ...]) -> None: ...
 
     @abstractmethod
@@ -114,7 +116,9 @@ class _Output(torch.autograd.Function):
         walk.result = None
         ctx.walk = walk
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(out)  # saved, not kept on the walk: an output kept by its own node is a cycle
+        # Saved, not kept on the walk (an output kept by its own node is a cycle); and only where backward reads it,
+        # so that the stack's output is freed once its consumers are done with it.
+        ctx.save_for_backward(out if walk.keeps_output else None)
         return (out, *logits)
 
     @staticmethod

@@ -19,7 +19,9 @@ from revbench.revffn.stack import FallbackCache, LayerRecord, LayerStats, StackR
 
 
 class RevFFNWalk(Walk):
-    """The RevFFN stack's forward and its backward walk (handoff.py)."""
+    """The RevFFN stack's forward and its backward walk (handoff.py): it reconstructs down from the output."""
+
+    keeps_output = True
 
     def __init__(self, run: StackRun) -> None:
         super().__init__()
@@ -37,7 +39,7 @@ class RevFFNWalk(Walk):
     def node_params(self, n: int) -> list[nn.Parameter]:
         return list(self.run.blocks[n].parameters())
 
-    def begin_backward(self, out: torch.Tensor, grad_out: torch.Tensor | None,
+    def begin_backward(self, out: torch.Tensor | None, grad_out: torch.Tensor | None,
                        grad_logits: tuple[torch.Tensor | None, ...]) -> None:
         run = self.run
         for rec in run.records:
