@@ -16,7 +16,7 @@ from revbench.estimate.fake_step import MethodStep
 from revbench.estimate.zero_step import ZERO_STATES
 from revbench.measure.peak_tensors import peak_tensors
 from revbench.methods import TrainSpec, parse_method
-from revbench.models import ModelSpec
+from revbench.models import ModelSpec, parse_dtype
 from revbench.units import format_bytes
 
 
@@ -60,8 +60,9 @@ def handle(args: argparse.Namespace) -> int:
     groups = table(args.method, spec, args.device)
     total = int(groups["bytes"].sum())
     by_category = groups.groupby("category")["bytes"].sum().sort_values(ascending=False)
+    dtype = str(parse_dtype(args.dtype, args.device)).removeprefix("torch.")
     print(f"Live tensors at the device peak of one {args.method} step after a warm-up step: {args.model}, batch "
-          f"{args.batch} x seq {args.seq}, {args.dtype} ({args.device} code path, fake tensors): "
+          f"{args.batch} x seq {args.seq}, {dtype} ({args.device} code path, fake tensors): "
           f"{format_bytes(total)} in all; " + ", ".join(f"{k} {format_bytes(int(v))}" for k, v in by_category.items()))
     shown = groups.head(args.top).copy()
     shown["share"] = (shown["bytes"] / total).map("{:.1%}".format)

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from revbench.measure.categories import StateTensors, categorize, storage_key, temporary_category
+from revbench.measure.categories import StateTensors, categorize, storage_key
 from revbench.measure.storage_tracker import StorageTracker
 
 # Frames in these directories are the machinery, not who asked for the tensor.
@@ -61,20 +61,15 @@ class _NamingTracker(StorageTracker):
 def peak_tensors(fn: Callable[[], Any], state_tensors: Callable[[], StateTensors]) -> list[PeakTensor]:
     """Run `fn` and list every storage live at its peak, largest first."""
     tracker = _NamingTracker()
-    states = categorize(state_tensors())
-    for tensors in state_tensors().values():
+    states = state_tensors()
+    before = categorize(states)
+    for tensors in states.values():
         for t in tensors:
             tracker.track(t)
+    del states
     with tracker:
         fn()
     tracker.finish()
-    after = categorize(state_tensors())
-    rows = []
-    for key, (nbytes, serial) in tracker.peak_live.items():
-        phase = tracker.phases[serial]
-        survives = tracker.live.get(key, (0, -1))[1] == serial
-        category = after.get(key, states.get(key, ("activations", 0)))[0] if survives else "activations"
-        if category == "activations":
-            category = temporary_category(phase)
-        rows.append(PeakTensor(category, phase, *tracker.names[serial], nbytes))
+    rows = [PeakTensor(category, tracker.phases[serial], *tracker.names[serial], nbytes)
+            for _, nbytes, serial, category, _ in tracker.peak_storages(before, categorize(state_tensors()))]
     return sorted(rows, key=lambda r: -r.nbytes)

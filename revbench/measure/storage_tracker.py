@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -77,6 +77,17 @@ class StorageTracker(TorchDispatchMode):
         for finalizer in self._finalizers:
             finalizer.detach()
 
+    def peak_storages(self, before: dict, after: dict) -> Iterator[tuple[int, int, int, str, bool]]:
+        """(key, bytes, serial, category, survives) of every storage live at the peak. A storage that outlives
+        the step takes its model-state category (from `categorize` after the step, else before it); a
+        temporary is `workspace` or `activations` by the phase that allocated it."""
+        for key, (nbytes, serial) in self.peak_live.items():
+            survives = self.live.get(key, (0, -1))[1] == serial
+            category = after.get(key, before.get(key, ("activations", 0)))[0] if survives else "activations"
+            if category == "activations":
+                category = temporary_category(self.phases[serial])
+            yield key, nbytes, serial, category, survives
+
 
 def measure_peak_bytes_tracked(
     fn: Callable[[], Any], state_tensors: Callable[[], StateTensors]
@@ -99,11 +110,7 @@ def measure_peak_bytes_tracked(
     del states
     by_category = dict.fromkeys(CATEGORIES, 0)
     on_host = dict.fromkeys(STATE_CATEGORIES, 0)
-    for key, (nbytes, serial) in tracker.peak_live.items():
-        survives = tracker.live.get(key, (0, -1))[1] == serial
-        category = after.get(key, before.get(key, ("activations", 0)))[0] if survives else "activations"
-        if category == "activations":
-            category = temporary_category(tracker.phases[serial])
+    for key, nbytes, _, category, survives in tracker.peak_storages(before, after):
         by_category[category] += nbytes
         if survives and key in host:
             on_host[category] += nbytes

@@ -53,14 +53,12 @@ class ExactWalk(Walk):
     def node_params(self, n: int) -> list[nn.Parameter]:
         return [] if self.nested else list(self.run.layers[n].parameters())
 
-    def begin_backward(self, out: torch.Tensor | None, grad_out: torch.Tensor | None,
-                       grad_logits: tuple[torch.Tensor | None, ...]) -> None:
+    def begin_backward(self, out: torch.Tensor | None, grad_out: torch.Tensor | None) -> None:
         for rec in self.run.records:
             rec.rng.replaying = True
         self.b = grad_out if grad_out is not None else torch.zeros(self.x_next.shape, dtype=torch.float32,
                                                                    device=self.x_next.device)
         self.a: torch.Tensor | None = None  # zero above the top layer: not allocated
-        self.grad_logits = list(grad_logits)
         self.cache: list[torch.Tensor] | None = None  # the fallback's recomputed streams x_0..x_{n-1}, popped
         self.counts = {"recomputed_layer_forwards": 0, "fallback_bytes_kept": 0}
         self.stats: list[LayerStats] = []
@@ -70,10 +68,7 @@ class ExactWalk(Walk):
         runs, so that the rounded output, the layer's side bits and x_{n+1} (overwritten in place) are gone when
         the layer's backward sets the walk's peak."""
         run, rec = self.run, self.run.records[n]
-        slot = rec.logits_slot
-        grad_logits = None if slot is None else self.grad_logits[slot]
-        if slot is not None:
-            self.grad_logits[slot] = None  # used once: free it as the backward goes down
+        grad_logits = self.logits_grad(rec.logits_slot)
         exact = None if rec.verify_input is None else torch.equal(self.x_cur, rec.verify_input)
         with run.autocast.replay():
             layer = _LayerEval(run, n, self.x_cur)
@@ -84,9 +79,8 @@ class ExactWalk(Walk):
             # Fake tensors (an estimate) have no values to compare: they take the exact path.
             ok = is_fake(self.x_next) or bool(torch.equal(run.checksum(self.x_next), rec.checksum))
         layer.q = None
-        grads: dict[int, torch.Tensor] = {}
         with run.autocast.replay():
-            grad_h = layer.backward(self.b, grad_logits, grads, self.nested)
+            grad_h, grads = layer.backward(self.b, grad_logits, self.nested)
         self.stats.append(LayerStats(n, ok, ok is False, layer.flips, exact))
         if n == 0:  # the plain first step: x_0 has no predecessor
             self.grad_x0 = grad_h.float() if self.a is None else self.a.add_(grad_h)
@@ -102,9 +96,9 @@ class ExactWalk(Walk):
         self.x_cur, self.x_next = x_prev, self.x_cur
         return grads
 
-    def end_backward(self, needs_input_grad: bool) -> torch.Tensor | None:
+    def end_backward(self) -> torch.Tensor | None:
         self.run.on_backward(self.stats[::-1], self.counts)
-        grad = self.grad_x0.to(self.embeds_dtype) if needs_input_grad else None
+        grad = self.grad_x0.to(self.embeds_dtype) if self.input_needs_grad else None
         self.x_cur = self.x_next = self.a = self.b = self.grad_x0 = self.embeds = self.cache = None
         return grad
 
@@ -148,10 +142,10 @@ class _LayerEval:
         tap = self.tap
         self.flips = None if tap.flips is None or is_fake(tap.flips) else int(tap.flips.item())
 
-    def backward(self, b: torch.Tensor, grad_logits: torch.Tensor | None, grads: dict[int, torch.Tensor],
-                 nested: bool) -> torch.Tensor:
-        """dL/dh from b (the gradient of z) and the router logits; the parameter gradients go to `grads`, or
-        (nested) straight into `.grad` while the layer's weights are gathered."""
+    def backward(self, b: torch.Tensor, grad_logits: torch.Tensor | None, nested: bool
+                 ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """dL/dh from b (the gradient of z) and the router logits, and id(parameter) -> gradient; nested, the
+        parameter gradients go straight into `.grad` while the layer's weights are gathered (none returned)."""
         if self.n == 0:
             outputs, out_grads = [self.out], [b.to(self.out.dtype)]
         else:
@@ -166,10 +160,9 @@ class _LayerEval:
         inputs = [self.h, *self.wanted]
         if nested:
             nested_backward(outputs, out_grads, inputs)
-            return self.h.grad
+            return self.h.grad, {}
         result = torch.autograd.grad(outputs, inputs, out_grads, allow_unused=True)
-        grads.update((id(p), grad) for p, grad in zip(self.wanted, result[1:], strict=True) if grad is not None)
-        return result[0]
+        return result[0], {id(p): grad for p, grad in zip(self.wanted, result[1:], strict=True) if grad is not None}
 
 
 def _recompute(run: StackRun, n: int, embeds: torch.Tensor | None, counts: dict[str, int]) -> list[torch.Tensor]:

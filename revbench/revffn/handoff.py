@@ -37,6 +37,14 @@ class Walk(ABC):
         self.result: tuple[torch.Tensor, list[torch.Tensor]] | None = None  # the forward's outputs, Start to Output
         self.input_needs_grad = False  # set by Start
         self.input_grad: torch.Tensor | None = None  # from Layer_0 to Start
+        self.grad_logits: list[torch.Tensor | None] = []  # per layer with a router, set by Output
+
+    def logits_grad(self, slot: int | None) -> torch.Tensor | None:
+        """The gradient of one layer's router logits, handed out once: freed as the backward goes down."""
+        if slot is None:
+            return None
+        grad, self.grad_logits[slot] = self.grad_logits[slot], None
+        return grad
 
     @abstractmethod
     def forward(self, embeds: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -47,15 +55,15 @@ class Walk(ABC):
         """Layer n's parameters that are inputs of its graph node."""
 
     @abstractmethod
-    def begin_backward(self, out: torch.Tensor | None, grad_out: torch.Tensor | None,
-                       grad_logits: tuple[torch.Tensor | None, ...]) -> None: ...
+    def begin_backward(self, out: torch.Tensor | None, grad_out: torch.Tensor | None) -> None:
+        """Start the walk from the output (kept only where keeps_output) and its gradient."""
 
     @abstractmethod
     def layer_backward(self, n: int) -> dict[int, torch.Tensor]:
         """Reconstruct layer n, step the input gradients down past it; id(parameter) -> gradient."""
 
     @abstractmethod
-    def end_backward(self, needs_input_grad: bool) -> torch.Tensor | None:
+    def end_backward(self) -> torch.Tensor | None:
         """After layer 0: record the backward's statistics, free the walk's state; the stack input's gradient."""
 
 
@@ -105,7 +113,7 @@ class _Layer(torch.autograd.Function):
         walk = ctx.walk
         grads = walk.layer_backward(ctx.n)
         if ctx.n == 0:
-            walk.input_grad = walk.end_backward(walk.input_needs_grad)
+            walk.input_grad = walk.end_backward()
         return (None, None, None, *(grads.get(id(p)) for p in ctx.params))
 
 
@@ -124,7 +132,8 @@ class _Output(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor | None, *grad_logits: torch.Tensor | None) -> tuple[Any, ...]:
         (out,) = ctx.saved_tensors
-        ctx.walk.begin_backward(out, grad_out, grad_logits)
+        ctx.walk.grad_logits = list(grad_logits)
+        ctx.walk.begin_backward(out, grad_out)
         return None, None
 
 

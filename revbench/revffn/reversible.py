@@ -39,34 +39,29 @@ class RevFFNWalk(Walk):
     def node_params(self, n: int) -> list[nn.Parameter]:
         return list(self.run.blocks[n].parameters())
 
-    def begin_backward(self, out: torch.Tensor | None, grad_out: torch.Tensor | None,
-                       grad_logits: tuple[torch.Tensor | None, ...]) -> None:
+    def begin_backward(self, out: torch.Tensor | None, grad_out: torch.Tensor | None) -> None:
         run = self.run
         for rec in run.records:
             rec.rng.replaying = True
         run.cache = FallbackCache()
         self.y = split(out.detach())
         self.g = split(grad_out if grad_out is not None else torch.zeros_like(out))
-        self.grad_logits = list(grad_logits)
         self.stats: list[LayerStats] = []
 
     def layer_backward(self, n: int) -> dict[int, torch.Tensor]:
         run = self.run
-        slot = run.records[n].logits_slot
-        grad_logits = None if slot is None else self.grad_logits[slot]
-        if slot is not None:
-            self.grad_logits[slot] = None  # used once: free it as the backward goes down
+        grad_logits = self.logits_grad(run.records[n].logits_slot)
         with run.autocast.replay():
             layer = layer_backward(run, n, self.y, self.g, grad_logits, self.hidden)
         self.y, self.g = layer.x, layer.grad_x
         self.stats.append(layer.stats)
         return layer.params
 
-    def end_backward(self, needs_input_grad: bool) -> torch.Tensor | None:
+    def end_backward(self) -> torch.Tensor | None:
         run = self.run
         run.on_stats(self.stats[::-1], run.cache.counts())
         run.cache = FallbackCache()  # free what the fallbacks kept
-        grad = torch.cat(self.g, dim=-1).to(self.hidden_dtype) if needs_input_grad else None
+        grad = torch.cat(self.g, dim=-1).to(self.hidden_dtype) if self.input_needs_grad else None
         self.y = self.g = ()
         self.hidden = None
         return grad
