@@ -4,10 +4,14 @@ On every family: the hooks of layer n's parameters fire before anything of layer
 holds one layer's gradients at a time; `loss.backward()` and `torch.autograd.grad` give the same bits; in-backward
 steps after 2 steps equal one AdamW over all parameters, bit for bit; and at 8 layers the measured peak of
 revexact with 8-bit AdamW in backward is below checkpointing's with it, holding at most one layer's gradients.
+Under DeepSpeed ZeRO-2 and ZeRO-3 offload, DeepSpeed's own reduce hook takes each layer's gradients between its
+rebuild and the next, and ZeRO-3 (which partitions the weights, RevFFN's directly read norms included) trains as
+ZeRO-2 does.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import replace
 
@@ -18,9 +22,15 @@ from methods_util import max_difference, tiny_spec, train
 from revbench import revexact, revffn
 from revbench.benchmarks.handoff import gradient_bound
 from revbench.harness import run_method
+from revbench.methods import create_method
 from revbench.models import TINY_PRESETS, ModelSpec, build_model
+from revbench.revexact.function import ExactWalk
+from revbench.revffn.handoff import Walk
+from revbench.revffn.reversible import RevFFNWalk
+from revbench.states.zero_offload import BASELINES_DIR
 
 DESIGNS = {"revffn": revffn.convert, "revexact": revexact.convert}
+WALKS = {"revffn": RevFFNWalk, "revexact": ExactWalk}
 CASES = [pytest.param(d, p, id=f"{d}-{p}") for d in DESIGNS for p in TINY_PRESETS]
 LAYER = re.compile(r"\.layers\.(\d+)\.")
 
@@ -108,13 +118,71 @@ def test_frozen_embeddings_still_walk_the_stack_and_record_its_statistics(design
     assert model.model.embed_tokens.weight.grad is None
 
 
+@pytest.fixture(scope="module")
+def zero3_partitioning_norms(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """ZeRO-3's own config with no persistent parameters: the norm weights (which RevFFN reads outside their
+    modules' calls) are then partitioned too, as they are in a model whose hidden size passes the threshold."""
+    config = json.loads((BASELINES_DIR / "zero3-offload.json").read_text())
+    config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    path = tmp_path_factory.mktemp("zero3") / "zero3-no-persistent.json"
+    path.write_text(json.dumps(config))
+    return str(path)
+
+
 @pytest.mark.deepspeed
-def test_revexact_under_zero3_offload_follows_zero2_offload() -> None:
-    """ZeRO-3 partitions the layer weights: the walk hands their gradients over while each layer is gathered."""
-    zero2 = train("revexact+zero2-offload+full", tiny_spec())
-    zero3 = train("revexact+zero3-offload+full", tiny_spec())
+@pytest.mark.parametrize("persistent", [True, False], ids=["persistent-norms", "partitioned-norms"])
+@pytest.mark.parametrize("design", DESIGNS)
+def test_under_zero3_offload_each_design_follows_zero2_offload(design: str, persistent: bool,
+                                                               zero3_partitioning_norms: str) -> None:
+    """ZeRO-3 partitions the layer weights: each layer is gathered for its reconstruction (its modules by ZeRO-3's
+    hooks, RevFFN's norm weights around their reads) and hands its gradients over while gathered."""
+    zero2 = train(f"{design}+zero2-offload+full", tiny_spec())
+    zero3 = train(f"{design}+zero3-offload+full",
+                  tiny_spec() if persistent else tiny_spec(config=zero3_partitioning_norms))
     assert zero3[0] == pytest.approx(zero2[0], rel=1e-6)
     assert max_difference(zero2[1], zero3[1]) < 1e-5  # DeepSpeed's reduction order differs by stage
+
+
+@pytest.mark.deepspeed
+@pytest.mark.parametrize("states", ["zero2-offload", "zero3-offload"])
+@pytest.mark.parametrize("design", DESIGNS)
+def test_zero_reduces_and_offloads_each_layer_as_the_walk_hands_it_off(design: str, states: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """DeepSpeed's own reduce hook (what buckets, reduces and offloads a gradient) takes each layer's gradients
+    after the walk has rebuilt that layer and before it rebuilds the one below; every parameter once."""
+    events: list[tuple[str, int | None]] = []  # ("walk", n) as layer n is rebuilt, ("reduce", layer) per gradient
+    walk = WALKS[design]
+    rebuild = walk.layer_backward
+
+    def rebuilding(self: Walk, n: int) -> dict[int, torch.Tensor]:
+        events.append(("walk", n))
+        return rebuild(self, n)
+
+    monkeypatch.setattr(walk, "layer_backward", rebuilding)
+    method = create_method(f"{design}+{states}+full", replace(tiny_spec(), model=ModelSpec("tiny-qwen2-moe", layers=3)))
+    method.prepare()
+    try:
+        optimizer = method.states.optimizer
+        names = {p: n for n, p in method.model.named_parameters()}
+        reduced: list[str] = []
+        reduce = optimizer.reduce_ready_partitions_and_remove_grads
+
+        def reducing(param: torch.nn.Parameter, *rest: object) -> None:
+            reduced.append(names[param])
+            events.append(("reduce", layer_of(names[param])))
+            reduce(param, *rest)
+
+        monkeypatch.setattr(optimizer, "reduce_ready_partitions_and_remove_grads", reducing)
+        method.zero_grad()
+        method.train_step(tokens())
+    finally:
+        method.teardown()
+    walked = {n: i for i, (kind, n) in enumerate(events) if kind == "walk"}
+    assert list(walked) == [2, 1, 0]
+    for i, (kind, n) in enumerate(events):
+        if kind == "reduce" and n is not None:
+            assert walked[n] < i < walked.get(n - 1, len(events)), events
+    assert sorted(reduced) == sorted(n for p, n in names.items() if p.requires_grad)
 
 
 def test_revexact_with_lora_follows_lora_on_the_unconverted_model() -> None:

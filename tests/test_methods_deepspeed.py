@@ -38,11 +38,13 @@ def test_zero_offload_matches_standard_and_learns(runs, name: str) -> None:
 @pytest.fixture(scope="module")
 def revffn_runs() -> dict[str, tuple[list[float], dict]]:
     return {"revffn": train("revffn", tiny_spec()), "vanilla": train("revffn", tiny_spec(mode="vanilla")),
-            "revffn-zero2-offload": train("revffn-zero2-offload", tiny_spec())}
+            "revffn-zero2-offload": train("revffn-zero2-offload", tiny_spec()),
+            "revffn+zero3-offload+full": train("revffn+zero3-offload+full", tiny_spec())}
 
 
-def test_revffn_on_zero2_offload_matches_revffn_and_its_vanilla_mode(revffn_runs) -> None:
-    losses, params = revffn_runs["revffn-zero2-offload"]
+@pytest.mark.parametrize("offload", ["revffn-zero2-offload", "revffn+zero3-offload+full"])
+def test_revffn_on_zero_offload_matches_revffn_and_its_vanilla_mode(revffn_runs, offload: str) -> None:
+    losses, params = revffn_runs[offload]
     assert losses[-1] < losses[0] - 0.05, losses
     for reference in ("revffn", "vanilla"):
         assert losses == pytest.approx(revffn_runs[reference][0], abs=1e-5)

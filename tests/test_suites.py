@@ -26,7 +26,7 @@ def write(tmp_path: Path, text: str) -> str:
 
 def test_shipped_suites_load_and_smoke_lists_every_method() -> None:
     assert {"budget", "gpu", "paper", "scaling", "smoke"} <= set(shipped_suites())
-    for name in ("budget", "gpu", "scaling", "smoke"):
+    for name in ("budget", "gpu", "handoff", "offload", "scaling", "smoke"):
         assert load_suite(name).name == name
     smoke = load_suite()  # the default
     assert smoke.name == "smoke" and smoke.methods == list(METHODS)
@@ -105,7 +105,7 @@ def test_bad_values_in_a_sweep_and_bad_set_keys_are_named(tmp_path: Path) -> Non
         load_suite("smoke", ["workload.sq=64"])
     with pytest.raises(SuiteError, match="--set takes key=value"):
         load_suite("smoke", ["workload.seq"])
-    with pytest.raises(SuiteError, match="unknown suite 'nope'; the shipped suites are budget, gpu, handoff, paper"):
+    with pytest.raises(SuiteError, match="unknown suite 'nope'; the shipped suites are budget, gpu, handoff, offload, paper"):
         load_suite("nope")
     with pytest.raises(SuiteError, match="must hold a mapping"):
         load_suite(write(tmp_path, "- standard\n"))

@@ -36,11 +36,11 @@ class RevFFN(Activations):
         if states == "lora":
             return ("LoRA freezes every weight but its own adapters, so RevFFN's newly initialised stream adapters "
                     "would never train")
-        if states == "zero3-offload":
-            return ("ZeRO-3 gathers a partitioned weight only inside its own module's call, and RevFFN's reversible "
-                    "backward evaluates its blocks piecewise outside those calls (the norms' weights read directly, "
-                    "attention iterated to a fixed point), so it would find them partitioned away (size 0); "
-                    "revexact, which calls each unchanged layer as a module, runs on zero3-offload")
+        if states == "zero3-offload" and self.spec.options.get("adapters") == "shared":
+            return ("with adapters 'shared' one adapter pair takes part in both branches, whose backward passes run "
+                    "one after the other, so its gradient reaches ZeRO-3 twice in one step, and ZeRO-3 keeps one "
+                    "gradient per partition per micro-step (the second would replace the first); use adapters "
+                    "'per-branch'")
         if (states.startswith("zero") or states == "adamw-ddp") and self.stage == "two-stage":
             return ("DeepSpeed and DDP fix the trainable parameters at initialize, so RevFFN stage 'two-stage' (which "
                     "thaws the pretrained weights mid-run) cannot run on it; use stage 'full' or 'warmup'")

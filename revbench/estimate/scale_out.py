@@ -26,7 +26,7 @@ from revbench.methods.composition import Composition
 from revbench.methods.method import techniques
 from revbench.ranks import check_divisible
 
-ACTIVATIONS = ("store", "checkpoint", "revffn")
+ACTIVATIONS = ("store", "checkpoint", "revffn", "revexact")
 
 
 def combinations(spec: TrainSpec) -> list[tuple[Composition, str | None]]:

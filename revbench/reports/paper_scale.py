@@ -15,7 +15,7 @@ import importlib.metadata
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,12 +42,23 @@ COMBINATIONS = (
     "checkpoint+adamw+chunked", "revffn+adamw+chunked", "revexact+adamw+chunked",
     "checkpoint+adamw-8bit-in-backward+chunked", "revffn+adamw-8bit-in-backward+chunked",
     "revexact+adamw-8bit-in-backward+chunked",
-    "lora", "revffn-zero2-offload", "checkpoint+zero3-offload+chunked",
+    "lora", "checkpoint+zero2-offload+full", "revffn-zero2-offload",
+    "checkpoint+zero3-offload+chunked", "revffn+zero3-offload+chunked", "revexact+zero3-offload+chunked",
+)
+# The compositions whose longest sequence is searched too (at `Point.seq_batches`): those that fit the budget at
+# the table's batch with room to spare, where the question becomes how long a context fits.
+LONG_CONTEXT = (
+    "checkpoint+adamw-8bit-in-backward+chunked", "revffn+adamw-8bit-in-backward+chunked",
+    "revexact+adamw-8bit-in-backward+chunked",
+    "checkpoint+zero3-offload+chunked", "revffn+zero3-offload+chunked", "revexact+zero3-offload+chunked",
 )
 # The paper's ratio: a reversible stack against checkpointing with everything else equal.
 PAIRS = (("revffn", "checkpointing"), ("revffn+adamw+chunked", "checkpoint+adamw+chunked"),
          ("revffn+adamw-8bit-in-backward+chunked", "checkpoint+adamw-8bit-in-backward+chunked"),
-         ("revexact+adamw-8bit-in-backward+chunked", "checkpoint+adamw-8bit-in-backward+chunked"))
+         ("revexact+adamw-8bit-in-backward+chunked", "checkpoint+adamw-8bit-in-backward+chunked"),
+         ("revffn-zero2-offload", "checkpoint+zero2-offload+full"),
+         ("revffn+zero3-offload+chunked", "checkpoint+zero3-offload+chunked"),
+         ("revexact+zero3-offload+chunked", "checkpoint+zero3-offload+chunked"))
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,10 @@ class Point:
     batches: tuple[int, ...] = (1, 2, 4, 8, 16)
     table_batch: int = 8  # the batch of the compact table (8 x 4096: the issue's and the paper's long-context point)
     combinations: tuple[str, ...] = COMBINATIONS
+    long_context: tuple[str, ...] = LONG_CONTEXT
+    seq_batches: tuple[int, ...] = (1, 8)  # the batches at which the longest sequence is searched
+    # Memory only: Qwen1.5-MoE-A2.7B's trained positions end at 8,192, and a longer context needs RoPE scaling.
+    seq_cap: int = 2**20
     options: dict[str, Any] = field(default_factory=lambda: {"chunk_tokens": 1024})
     budget: int = BUDGET
 
@@ -90,8 +105,14 @@ def curve(name: str, point: Point) -> dict[str, Any]:
                      "parameters": e.parameters})
     probes = {r["batch"]: r["device"] for r in rows}
     fit = fit_method(name, spec, point.budget, "batch", "cuda", probes=probes, sessions=sessions)
+    longest = {}
+    if name in point.long_context:
+        for batch in point.seq_batches:
+            at = replace(spec, workload=replace(spec.workload, batch=batch))
+            seq = fit_method(name, at, point.budget, "seq", "cuda", cap=point.seq_cap, sessions=sessions)
+            longest[str(batch)] = {"largest": seq.largest, "capped": seq.capped}
     return {"method": name, "reason": None, "points": rows, "largest_batch": fit.largest, "capped": fit.capped,
-            "seconds": round(time.perf_counter() - start, 1)}
+            "longest_seq": longest, "seconds": round(time.perf_counter() - start, 1)}
 
 
 def _fingerprint(point: Point) -> dict[str, Any]:
@@ -130,6 +151,13 @@ def curves_frame(figures: dict[str, Any], point: Point) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["method", "tokens", "batch", "device", "host", "phase", "parameters"])
 
 
+def _largest(fit: dict[str, Any] | None) -> str:
+    """A searched size as the table shows it: '-' not searched, 'none' not even the smallest, '+' at the cap."""
+    if fit is None:
+        return "-"
+    return "none" if fit["largest"] is None else f"{fit['largest']:,}{'+' if fit.get('capped') else ''}"
+
+
 def compact_table(figures: dict[str, Any], curves: pd.DataFrame, point: Point) -> pd.DataFrame:
     """At the table's batch: device and host peaks, the phase, whether it fits, and the largest batch that does."""
     at = curves[curves["batch"] == point.table_batch].set_index("method")
@@ -137,16 +165,17 @@ def compact_table(figures: dict[str, Any], curves: pd.DataFrame, point: Point) -
     rows = []
     for c in figures["curves"]:
         name = c["method"]
+        longest = {f"max seq @ batch {b}": _largest(c.get("longest_seq", {}).get(str(b))) for b in point.seq_batches}
         if name not in at.index:
             rows.append({"method": name, "device": "-", "host": "-", "peak in": "-", fits: "-",
-                         f"max batch @ {point.seq}": "-", "note": c["reason"] or ""})
+                         f"max batch @ {point.seq}": "-", **longest, "note": c["reason"] or ""})
             continue
         r = at.loc[name]
-        largest = "none" if c["largest_batch"] is None else f"{c['largest_batch']}{'+' if c.get('capped') else ''}"
         rows.append({"method": name, "device": format_bytes(r["device"]),
                      "host": format_bytes(r["host"]) if r["host"] else "0", "peak in": r["phase"],
-                     fits: "yes" if r["device"] <= point.budget else "no", f"max batch @ {point.seq}": largest,
-                     "note": ""})
+                     fits: "yes" if r["device"] <= point.budget else "no",
+                     f"max batch @ {point.seq}": _largest({"largest": c["largest_batch"], "capped": c.get("capped")}),
+                     **longest, "note": ""})
     return pd.DataFrame(rows).set_index("method")
 
 
@@ -194,11 +223,15 @@ def _paper_ratio_text(table: pd.DataFrame) -> str:
         tends = (f"it tends to {limit:.2f} as tokens grow" if limit != "-" else
                  "the optimizer step sets both peaks at the largest steps drawn, so the ratio stays there")
         lines.append(f"- {pair}: lowest {row['lowest']:.2f} over the points drawn; {tends}.")
+    best = table["lowest"].idxmin()
+    lines.append(f"The closest to the paper's 0.60: {best}, {table.at[best, 'lowest']:.2f} at its best point drawn "
+                 f"({table.at[best, 'lowest'] / 0.60:.2f}× the paper's ratio).")
     limits = [v for v in table["limit (slopes)"] if v != "-"]
     if reached.empty and all(v > 0.60 for v in limits):
         lines.append("No regime here gives 0.60: at no batch drawn, and not in the limit of long steps, is a "
                      "reversible stack 0.60 of checkpointing at this model. What checkpointing keeps (one hidden "
-                     "state per layer) is a small part of the peak beside the model states and the logits.")
+                     "state per layer) is a small part of the peak beside the model states, the logits and the "
+                     "working set of the one layer that backward recomputes.")
     elif reached.empty:
         lines.append("No batch drawn gives 0.60; only the limit of ever longer steps approaches it.")
     else:

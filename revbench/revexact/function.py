@@ -21,7 +21,7 @@ from torch._subclasses.fake_tensor import is_fake
 from revbench.revexact.grid import Grid
 from revbench.revexact.sidebits import unpack
 from revbench.revexact.stack import LayerRecord, LayerStats, StackRun, integer_forward
-from revbench.revffn.handoff import Walk, nested_backward, partitioned
+from revbench.revffn.handoff import Walk, layer_grads, partitioned
 from revbench.revffn.inverse import ReconstructionError
 from revbench.revffn.replay import BranchRng
 
@@ -39,7 +39,7 @@ class ExactWalk(Walk):
         super().__init__()
         self.run = run
         # ZeRO-3 partitions the layers' weights: they are gathered only inside the layer calls, so their gradients
-        # go to autograd from inside the walk (handoff.nested_backward) instead of through the graph nodes.
+        # go to autograd from inside the walk (handoff.layer_grads) instead of through the graph nodes.
         self.nested = partitioned(run.params)
 
     def forward(self, embeds: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -80,7 +80,7 @@ class ExactWalk(Walk):
             ok = is_fake(self.x_next) or bool(torch.equal(run.checksum(self.x_next), rec.checksum))
         layer.q = None
         with run.autocast.replay():
-            grad_h, grads = layer.backward(self.b, grad_logits, self.nested)
+            grad_h, grads = layer.backward(self.b, grad_logits)
         self.stats.append(LayerStats(n, ok, ok is False, layer.flips, exact))
         if n == 0:  # the plain first step: x_0 has no predecessor
             self.grad_x0 = grad_h.float() if self.a is None else self.a.add_(grad_h)
@@ -142,10 +142,10 @@ class _LayerEval:
         tap = self.tap
         self.flips = None if tap.flips is None or is_fake(tap.flips) else int(tap.flips.item())
 
-    def backward(self, b: torch.Tensor, grad_logits: torch.Tensor | None, nested: bool
+    def backward(self, b: torch.Tensor, grad_logits: torch.Tensor | None
                  ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        """dL/dh from b (the gradient of z) and the router logits, and id(parameter) -> gradient; nested, the
-        parameter gradients go straight into `.grad` while the layer's weights are gathered (none returned)."""
+        """dL/dh from b (the gradient of z) and the router logits, and id(parameter) -> gradient (none under
+        ZeRO-3: see handoff.layer_grads)."""
         if self.n == 0:
             outputs, out_grads = [self.out], [b.to(self.out.dtype)]
         else:
@@ -157,12 +157,8 @@ class _LayerEval:
             outputs.append(self.tap.logits)
             out_grads.append(grad_logits)
         self.tap = None
-        inputs = [self.h, *self.wanted]
-        if nested:
-            nested_backward(outputs, out_grads, inputs)
-            return self.h.grad, {}
-        result = torch.autograd.grad(outputs, inputs, out_grads, allow_unused=True)
-        return result[0], {id(p): grad for p, grad in zip(self.wanted, result[1:], strict=True) if grad is not None}
+        (grad_h,), grads = layer_grads(outputs, out_grads, [self.h], self.wanted)
+        return grad_h, grads
 
 
 def _recompute(run: StackRun, n: int, embeds: torch.Tensor | None, counts: dict[str, int]) -> list[torch.Tensor]:

@@ -125,6 +125,12 @@ class RevFFNBlock(nn.Module):
     def norm_for(self, branch: str) -> nn.Module:
         return getattr(self, self._norms[branch])
 
+    def read_directly(self) -> list[nn.Parameter]:
+        """The parameters the block reads outside their modules' calls (the RMSNorm weights, see rms_norm)."""
+        norms = [self.norm_for("attn"), self.norm_for("moe"), getattr(self.self_attn, "q_norm", None),
+                 getattr(self.self_attn, "k_norm", None)]
+        return [norm.weight for norm in norms if norm is not None]
+
     @property
     def router(self) -> nn.Module | None:
         return getattr(self.mlp, "gate", None)  # a dense (non-MoE) layer has none

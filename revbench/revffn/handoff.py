@@ -16,12 +16,15 @@ object, as RevViT and revlib carry it; only one layer's gradients are ever live.
 
 A layer whose parameters ZeRO-3 partitions cannot take them as node inputs (their shape at the node is [0]):
 its walk leaves them out and hands its gradients to autograd inside its own backward, while ZeRO-3 has them
-gathered (`nested_backward`), as DeepSpeed's own re-entrant checkpointing does.
+gathered (`layer_grads`), as DeepSpeed's own re-entrant checkpointing does. ZeRO-3 gathers a weight inside its
+module's call (forward and backward); what a layer reads outside those calls (RevFFN's norm weights) is gathered
+around the read (`gathered`).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -72,14 +75,33 @@ def partitioned(params: list[nn.Parameter]) -> bool:
     return any(hasattr(p, "ds_id") for p in params)
 
 
-def nested_backward(outputs: list[torch.Tensor], grads: list[torch.Tensor],
-                    inputs: list[torch.Tensor]) -> None:
-    """Backpropagate a recomputed layer into `.grad` of `inputs` now, from inside the stack's backward."""
-    if not torch.autograd._is_checkpoint_valid():
-        raise RuntimeError("a reversible stack over ZeRO-3-partitioned parameters hands their gradients to autograd "
-                           "inside its backward, which torch.autograd.grad and backward(inputs=...) do not allow; "
-                           "call loss.backward() (or the DeepSpeed engine's backward)")
-    torch.autograd.backward(outputs, grads, inputs=inputs)
+def gathered(params: list[nn.Parameter]) -> AbstractContextManager[None]:
+    """Inside: these parameters whole where ZeRO-3 has partitioned them away, for code that reads them outside
+    their modules' calls. Only those partitioned away now are gathered (and released after): ones that ZeRO-3 holds
+    whole (persistent, or registered with a module that is running) are its to release."""
+    away = [p for p in params if hasattr(p, "ds_id") and p.ds_status.name == "NOT_AVAILABLE"]
+    if not away:
+        return nullcontext()
+    import deepspeed  # only here, where DeepSpeed has partitioned the parameters
+
+    return deepspeed.zero.GatheredParameters(away)
+
+
+def layer_grads(outputs: list[torch.Tensor], out_grads: list[torch.Tensor], leaves: list[torch.Tensor],
+                params: list[nn.Parameter]) -> tuple[list[torch.Tensor | None], dict[int, torch.Tensor]]:
+    """Backpropagate a recomputed layer (or one branch of it): the leaves' gradients and id(parameter) -> gradient.
+    Under ZeRO-3 the parameter gradients go into `.grad` at once, while the layer's modules have their weights
+    gathered, and none are returned."""
+    if partitioned(params):
+        if not torch.autograd._is_checkpoint_valid():
+            raise RuntimeError("a reversible stack over ZeRO-3-partitioned parameters hands their gradients to "
+                               "autograd inside its backward, which torch.autograd.grad and backward(inputs=...) do "
+                               "not allow; call loss.backward() (or the DeepSpeed engine's backward)")
+        torch.autograd.backward(outputs, out_grads, inputs=[*leaves, *params])
+        return [leaf.grad for leaf in leaves], {}
+    result = torch.autograd.grad(outputs, [*leaves, *params], out_grads, allow_unused=True)
+    grads = {id(p): grad for p, grad in zip(params, result[len(leaves):], strict=True) if grad is not None}
+    return list(result[:len(leaves)]), grads
 
 
 def _token(like: torch.Tensor) -> torch.Tensor:

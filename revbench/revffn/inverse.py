@@ -24,6 +24,7 @@ import torch
 from torch._subclasses.fake_tensor import is_fake
 
 from revbench.revffn.fixed_point import solve
+from revbench.revffn.handoff import layer_grads
 from revbench.revffn.routing import RouterTap
 from revbench.revffn.stack import LayerStats, StackRun, exact_input, sketch, token_rel
 
@@ -41,10 +42,9 @@ class LayerGrads:
     params: dict[int, torch.Tensor] = field(default_factory=dict)  # id(parameter) -> gradient
     stats: LayerStats | None = None
 
-    def add(self, params: list[torch.nn.Parameter], grads: tuple[torch.Tensor | None, ...]) -> None:
-        for p, grad in zip(params, grads, strict=True):
-            if grad is not None:
-                self.params[id(p)] = grad if id(p) not in self.params else self.params[id(p)] + grad
+    def add(self, grads: dict[int, torch.Tensor]) -> None:
+        for key, grad in grads.items():
+            self.params[key] = grad if key not in self.params else self.params[key] + grad
 
 
 def _leaves(x: Pair) -> Pair:
@@ -97,9 +97,9 @@ def _whole_block(run: StackRun, i: int, x: Pair, g: Pair, grad_logits: torch.Ten
     if tap.logits is not None and grad_logits is not None:
         outputs.append(tap.logits)
         grads.append(grad_logits)
-    result = torch.autograd.grad(outputs, [*leaves, *wanted], grads, allow_unused=True)
-    out = LayerGrads(x, (result[0], result[1]))
-    out.add(wanted, result[2:])
+    (grad_x1, grad_x2), params = layer_grads(outputs, grads, list(leaves), wanted)
+    out = LayerGrads(x, (grad_x1, grad_x2))
+    out.add(params)
     return out
 
 
@@ -143,8 +143,8 @@ def layer_backward(run: StackRun, i: int, y: Pair, g: Pair, grad_logits: torch.T
     if tap.logits is not None and grad_logits is not None:
         outputs.append(tap.logits)
         grads.append(grad_logits)
-    phase1 = torch.autograd.grad(outputs, [y1_leaf, *wanted], grads, allow_unused=True)
-    g1 = g1 + phase1[0]
+    (grad_y1,), phase1 = layer_grads(outputs, grads, [y1_leaf], wanted)
+    g1 = g1 + grad_y1
     del update, outputs, tap  # free the MoE graph before the attention branch
 
     # Phase 2: the attention branch, X1 by fixed point, K/V of X2 computed once (with grad).
@@ -170,9 +170,9 @@ def layer_backward(run: StackRun, i: int, y: Pair, g: Pair, grad_logits: torch.T
         x, fallback = exact_input(run, i, hidden), True
         kv, x2_leaf = _keys_values(run, i, x[1])
         new_y1, leaves = _attention_with_grad(run, i, x[0], kv, x2_leaf)
-    phase2 = torch.autograd.grad([new_y1], [*leaves, *wanted], [g1], allow_unused=True)
-    result = LayerGrads(x, (phase2[0], g2 + phase2[1]))
-    result.add(wanted, phase1[1:])
-    result.add(wanted, phase2[2:])
+    (grad_x1, grad_x2), phase2 = layer_grads([new_y1], [g1], list(leaves), wanted)
+    result = LayerGrads(x, (grad_x1, g2 + grad_x2))
+    result.add(phase1)
+    result.add(phase2)
     result.stats = LayerStats(i, iterations, delta, residual, fallback, flips, input_error, sketch_error)
     return result

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from revbench.revffn.handoff import Walk
+from revbench.revffn.handoff import Walk, gathered, partitioned
 from revbench.revffn.inverse import layer_backward
 from revbench.revffn.replay import BranchRng
 from revbench.revffn.stack import FallbackCache, LayerRecord, LayerStats, StackRun, run_forward, split
@@ -27,6 +27,7 @@ class RevFFNWalk(Walk):
         super().__init__()
         self.run = run
         self.hidden: torch.Tensor | None = None
+        self.nested = partitioned([p for block in run.blocks for p in block.parameters()])
 
     def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         run = self.run
@@ -37,7 +38,7 @@ class RevFFNWalk(Walk):
         return torch.cat([x1, x2], dim=-1), logits
 
     def node_params(self, n: int) -> list[nn.Parameter]:
-        return list(self.run.blocks[n].parameters())
+        return [] if self.nested else list(self.run.blocks[n].parameters())
 
     def begin_backward(self, out: torch.Tensor | None, grad_out: torch.Tensor | None) -> None:
         run = self.run
@@ -51,7 +52,7 @@ class RevFFNWalk(Walk):
     def layer_backward(self, n: int) -> dict[int, torch.Tensor]:
         run = self.run
         grad_logits = self.logits_grad(run.records[n].logits_slot)
-        with run.autocast.replay():
+        with gathered(run.blocks[n].read_directly()), run.autocast.replay():
             layer = layer_backward(run, n, self.y, self.g, grad_logits, self.hidden)
         self.y, self.g = layer.x, layer.grad_x
         self.stats.append(layer.stats)

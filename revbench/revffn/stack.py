@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from revbench.revffn.block import RevFFNBlock, StackInputs
+from revbench.revffn.handoff import gathered
 from revbench.revffn.options import RevFFNOptions
 from revbench.revffn.replay import AutocastState, BranchRng
 from revbench.revffn.routing import RouterTap
@@ -127,7 +128,8 @@ def run_forward(run: StackRun, hidden: torch.Tensor, stop: int | None = None, re
             rec.sketch = sketch(run, x1, x2)
             if run.options.verify:
                 rec.verify_input = (x1, x2)
-        x1, x2 = block(x1, x2, run.inputs, rec.rng, tap)
+        with gathered(block.read_directly()):
+            x1, x2 = block(x1, x2, run.inputs, rec.rng, tap)
         if record:
             rec.index = tap.index
             if tap.logits is not None:
