@@ -25,7 +25,7 @@ from revbench.harness import run_method
 from revbench.methods import create_method
 from revbench.models import TINY_PRESETS, ModelSpec, build_model
 from revbench.revexact.function import ExactWalk
-from revbench.revffn.handoff import Walk
+from revbench.revffn.handoff import Walk, gathered
 from revbench.revffn.reversible import RevFFNWalk
 from revbench.states.zero_offload import BASELINES_DIR
 
@@ -141,6 +141,24 @@ def test_under_zero3_offload_each_design_follows_zero2_offload(design: str, pers
                   tiny_spec() if persistent else tiny_spec(config=zero3_partitioning_norms))
     assert zero3[0] == pytest.approx(zero2[0], rel=1e-6)
     assert max_difference(zero2[1], zero3[1]) < 1e-5  # DeepSpeed's reduction order differs by stage
+
+
+@pytest.mark.deepspeed
+def test_gathered_makes_a_partitioned_norm_weight_whole_and_gives_it_back(zero3_partitioning_norms: str) -> None:
+    """What RevFFN reads outside module calls is gathered only while partitioned away, and partitioned again after."""
+    method = create_method("revffn+zero3-offload+full", tiny_spec(config=zero3_partitioning_norms))
+    method.prepare()
+    try:
+        method.zero_grad()
+        method.train_step(tokens())
+        block = method.model.model.layers[0]
+        norm = block.attn_norm.weight
+        assert norm in block.read_directly() and norm.shape == (0,)  # partitioned away between steps
+        with gathered(block.read_directly()):
+            assert norm.shape == norm.ds_shape
+        assert norm.shape == (0,)
+    finally:
+        method.teardown()
 
 
 @pytest.mark.deepspeed

@@ -151,11 +151,9 @@ def curves_frame(figures: dict[str, Any], point: Point) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["method", "tokens", "batch", "device", "host", "phase", "parameters"])
 
 
-def _largest(fit: dict[str, Any] | None) -> str:
-    """A searched size as the table shows it: '-' not searched, 'none' not even the smallest, '+' at the cap."""
-    if fit is None:
-        return "-"
-    return "none" if fit["largest"] is None else f"{fit['largest']:,}{'+' if fit.get('capped') else ''}"
+def _largest(largest: int | None, capped: bool | None) -> str:
+    """A searched size as the table shows it: 'none' not even the smallest fits, '+' still fitting at the cap."""
+    return "none" if largest is None else f"{largest:,}{'+' if capped else ''}"
 
 
 def compact_table(figures: dict[str, Any], curves: pd.DataFrame, point: Point) -> pd.DataFrame:
@@ -165,7 +163,9 @@ def compact_table(figures: dict[str, Any], curves: pd.DataFrame, point: Point) -
     rows = []
     for c in figures["curves"]:
         name = c["method"]
-        longest = {f"max seq @ batch {b}": _largest(c.get("longest_seq", {}).get(str(b))) for b in point.seq_batches}
+        searched = c.get("longest_seq", {})
+        longest = {f"max seq @ batch {b}": _largest(**searched[str(b)]) if str(b) in searched else "-"
+                   for b in point.seq_batches}
         if name not in at.index:
             rows.append({"method": name, "device": "-", "host": "-", "peak in": "-", fits: "-",
                          f"max batch @ {point.seq}": "-", **longest, "note": c["reason"] or ""})
@@ -174,7 +174,7 @@ def compact_table(figures: dict[str, Any], curves: pd.DataFrame, point: Point) -
         rows.append({"method": name, "device": format_bytes(r["device"]),
                      "host": format_bytes(r["host"]) if r["host"] else "0", "peak in": r["phase"],
                      fits: "yes" if r["device"] <= point.budget else "no",
-                     f"max batch @ {point.seq}": _largest({"largest": c["largest_batch"], "capped": c.get("capped")}),
+                     f"max batch @ {point.seq}": _largest(c["largest_batch"], c.get("capped")),
                      **longest, "note": ""})
     return pd.DataFrame(rows).set_index("method")
 

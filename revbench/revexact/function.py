@@ -15,13 +15,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 from torch._subclasses.fake_tensor import is_fake
 
 from revbench.revexact.grid import Grid
 from revbench.revexact.sidebits import unpack
 from revbench.revexact.stack import LayerRecord, LayerStats, StackRun, integer_forward
-from revbench.revffn.handoff import Walk, layer_grads, partitioned
+from revbench.revffn.handoff import Walk, layer_grads
 from revbench.revffn.inverse import ReconstructionError
 from revbench.revffn.replay import BranchRng
 
@@ -36,11 +35,8 @@ class ExactWalk(Walk):
     keeps_output = False
 
     def __init__(self, run: StackRun) -> None:
-        super().__init__()
+        super().__init__(run.layers)
         self.run = run
-        # ZeRO-3 partitions the layers' weights: they are gathered only inside the layer calls, so their gradients
-        # go to autograd from inside the walk (handoff.layer_grads) instead of through the graph nodes.
-        self.nested = partitioned(run.params)
 
     def forward(self, embeds: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         run = self.run
@@ -49,9 +45,6 @@ class ExactWalk(Walk):
         self.embeds_dtype = embeds.dtype
         self.embeds = embeds.detach() if run.options.fallback == "recompute" else None
         return run.grid.real(self.x_next, torch.promote_types(run.dtype, torch.float32)), logits
-
-    def node_params(self, n: int) -> list[nn.Parameter]:
-        return [] if self.nested else list(self.run.layers[n].parameters())
 
     def begin_backward(self, out: torch.Tensor | None, grad_out: torch.Tensor | None) -> None:
         for rec in self.run.records:

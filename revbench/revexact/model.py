@@ -43,8 +43,7 @@ class RevExactForCausalLM(ReversibleCausalLM):
     def _run(self, inputs: LayerInputs, embeds: torch.Tensor) -> StackRun:
         layers = list(self.model.layers)
         return StackRun(layers, [layer_type(self.config, i) for i in range(len(layers))], self.ops, self.options,
-                        self.grid, inputs, AutocastState.capture(embeds.device.type),
-                        [p for layer in layers for p in layer.parameters()], self._record_backward)
+                        self.grid, inputs, AutocastState.capture(embeds.device.type), self._record_backward)
 
     def _stack(self, embeds: torch.Tensor, inputs: LayerInputs) -> tuple[torch.Tensor, list[torch.Tensor]]:
         run = self._run(inputs, embeds)

@@ -67,7 +67,6 @@ class StackRun:
     grid: Grid
     inputs: LayerInputs
     autocast: AutocastState
-    params: list[nn.Parameter]
     on_backward: Callable[[list[LayerStats], dict[str, int]], None]
     records: list[LayerRecord] = field(default_factory=list)
     checksum: Checksum = field(default_factory=Checksum)

@@ -24,6 +24,7 @@ around the read (`gathered`).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -36,7 +37,11 @@ class Walk(ABC):
 
     keeps_output: bool  # does backward start from the stack's output values (else from state the walk keeps)?
 
-    def __init__(self) -> None:
+    def __init__(self, layers: Sequence[nn.Module]) -> None:
+        self.layers = layers
+        # ZeRO-3 partitions the layers' weights (their shape outside their modules' calls is [0]): they cannot be
+        # node inputs, so their gradients go to autograd from inside the walk (layer_grads) instead.
+        self.nested = partitioned([p for layer in layers for p in layer.parameters()])
         self.result: tuple[torch.Tensor, list[torch.Tensor]] | None = None  # the forward's outputs, Start to Output
         self.input_needs_grad = False  # set by Start
         self.input_grad: torch.Tensor | None = None  # from Layer_0 to Start
@@ -53,9 +58,9 @@ class Walk(ABC):
     def forward(self, embeds: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The stack's output and its router logits, without grad, keeping what backward needs."""
 
-    @abstractmethod
     def node_params(self, n: int) -> list[nn.Parameter]:
         """Layer n's parameters that are inputs of its graph node."""
+        return [] if self.nested else list(self.layers[n].parameters())
 
     @abstractmethod
     def begin_backward(self, out: torch.Tensor | None, grad_out: torch.Tensor | None) -> None:

@@ -10,9 +10,8 @@ hooks, in-backward optimizers and ZeRO's reduce hooks see them layer by layer.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from revbench.revffn.handoff import Walk, gathered, partitioned
+from revbench.revffn.handoff import Walk, gathered
 from revbench.revffn.inverse import layer_backward
 from revbench.revffn.replay import BranchRng
 from revbench.revffn.stack import FallbackCache, LayerRecord, LayerStats, StackRun, run_forward, split
@@ -24,10 +23,9 @@ class RevFFNWalk(Walk):
     keeps_output = True
 
     def __init__(self, run: StackRun) -> None:
-        super().__init__()
+        super().__init__(run.blocks)
         self.run = run
         self.hidden: torch.Tensor | None = None
-        self.nested = partitioned([p for block in run.blocks for p in block.parameters()])
 
     def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         run = self.run
@@ -36,9 +34,6 @@ class RevFFNWalk(Walk):
         self.hidden_dtype = hidden.dtype
         self.hidden = hidden.detach() if run.options.fallback == "recompute" else None
         return torch.cat([x1, x2], dim=-1), logits
-
-    def node_params(self, n: int) -> list[nn.Parameter]:
-        return [] if self.nested else list(self.run.blocks[n].parameters())
 
     def begin_backward(self, out: torch.Tensor | None, grad_out: torch.Tensor | None) -> None:
         run = self.run
