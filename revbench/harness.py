@@ -21,9 +21,10 @@ from revbench.measure.host import HostMemory
 from revbench.measure.nvml import NvmlMemory
 from revbench.measure.profiler_bytes import measure_peak_bytes
 from revbench.measure.timing import StepTimer, step_stats
-from revbench.methods import TrainSpec, create_method
+from revbench.methods import create_method
 from revbench.methods.method import Method
 from revbench.ranks import rank_batch
+from revbench.spec import TrainSpec
 
 Progress = Callable[[str, int, int], None]  # (phase, step done, steps in all)
 

@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from revbench.methods.base import TrainSpec
+from revbench.spec import TrainSpec
 
 
 class Activations:

@@ -10,9 +10,9 @@ from typing import Any
 from torch import nn
 
 from revbench.activations.base import Activations
-from revbench.methods.base import TrainSpec
 from revbench.revffn import OPTION_NAMES, convert
 from revbench.revffn.schedule import check_stage, set_trainable, trains_everything
+from revbench.spec import TrainSpec
 
 
 class RevFFN(Activations):

@@ -11,10 +11,11 @@ from typing import Any
 
 from tabulate import tabulate
 
-from revbench.data import Workload
 from revbench.harness import run_method
-from revbench.methods import AXES, Composition, OptimizerSpec, TrainSpec
+from revbench.methods import AXES, Composition
 from revbench.models import ModelSpec, parse_dtype
+from revbench.spec import OptimizerSpec, TrainSpec
+from revbench.workload import Workload
 
 BASELINE = Composition()
 COLUMNS = ("params", "grads", "optimizer", "workspace", "activations", "device", "host")

@@ -6,10 +6,10 @@ import argparse
 
 import pandas as pd
 
-from revbench.data import Workload
 from revbench.harness import run_method
-from revbench.methods import TrainSpec
 from revbench.models import TINY_PRESETS, ModelSpec
+from revbench.spec import TrainSpec
+from revbench.workload import Workload
 
 
 def register(sub: argparse._SubParsersAction) -> None:

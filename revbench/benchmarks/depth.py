@@ -18,11 +18,13 @@ import pandas as pd
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from revbench.data import TokenStream, Workload
+from revbench.data import TokenStream
 from revbench.harness import run_method
 from revbench.measure.profiler_bytes import profile_events
-from revbench.methods import TrainSpec, create_method
+from revbench.methods import create_method
 from revbench.models import ModelSpec, parse_dtype
+from revbench.spec import TrainSpec
+from revbench.workload import Workload
 
 # (column label, method, options): RevFFN's vanilla mode runs the very same blocks through plain autograd.
 RUNS: tuple[tuple[str, str, dict[str, Any]], ...] = (

@@ -14,10 +14,10 @@ import sys
 
 import pandas as pd
 
-from revbench.data import Workload
 from revbench.harness import run_method
-from revbench.methods import TrainSpec
 from revbench.models import ModelSpec, build_model, parse_dtype
+from revbench.spec import TrainSpec
+from revbench.workload import Workload
 
 STATES_AND_LOSS = "adamw-8bit-in-backward+chunked"
 DESIGNS = ("checkpoint", "revexact", "revffn")

@@ -7,10 +7,11 @@ from typing import Any
 
 from tabulate import tabulate
 
-from revbench.data import Workload
 from revbench.harness import run_method
-from revbench.methods import METHODS, OptimizerSpec, TrainSpec, UnknownMethodError
+from revbench.methods import METHODS, UnknownMethodError
 from revbench.models import ModelSpec, parse_dtype
+from revbench.spec import OptimizerSpec, TrainSpec
+from revbench.workload import Workload
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -73,11 +73,13 @@ def sample_cost(read: Callable[[], object], repeats: int = 200) -> float:
 def handle(args: argparse.Namespace) -> int:
     import torch
 
-    from revbench.data import TokenStream, Workload
+    from revbench.data import TokenStream
     from revbench.measure.nvml import NvmlMemory
     from revbench.measure.timing import StepTimer
-    from revbench.methods import TrainSpec, create_method
+    from revbench.methods import create_method
     from revbench.models import ModelSpec
+    from revbench.spec import TrainSpec
+    from revbench.workload import Workload
 
     if min(args.blocks, args.steps, args.layers) < 1 or args.interval <= 0:
         raise ValueError("--blocks, --steps and --layers must be >= 1 and --interval > 0")

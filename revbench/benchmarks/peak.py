@@ -11,13 +11,14 @@ import argparse
 
 import pandas as pd
 
-from revbench.data import Workload
 from revbench.estimate.fake_step import MethodStep
 from revbench.estimate.zero_step import ZERO_STATES
 from revbench.measure.peak_tensors import peak_tensors
-from revbench.methods import TrainSpec, parse_method
+from revbench.methods import parse_method
 from revbench.models import ModelSpec, parse_dtype
+from revbench.spec import TrainSpec
 from revbench.units import format_bytes
+from revbench.workload import Workload
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # torch, transformers and pandas are imported by the handler,
     import pandas as pd
 
     from revbench.estimate import Estimate, Fit
-    from revbench.methods import TrainSpec
+    from revbench.spec import TrainSpec
 
 TARGETS, AXES = ("cuda", "cpu"), ("batch", "seq")  # as revbench.estimate names them
 FIT_CHOICES = ("both", *AXES)
@@ -169,11 +169,11 @@ def estimate_rows(names: list[str], spec: TrainSpec, args: argparse.Namespace) -
 
 
 def handle(args: argparse.Namespace) -> int:
-    from revbench.data import Workload
-    from revbench.methods import TrainSpec
     from revbench.models import ModelSpec, build_config
+    from revbench.models.dtypes import parse_dtype
     from revbench.models.validate import ShapeError, validate_model
-    from revbench.models.zoo import parse_dtype
+    from revbench.spec import TrainSpec
+    from revbench.workload import Workload
 
     if args.gpus is not None:
         return estimate_gpus.handle(args)

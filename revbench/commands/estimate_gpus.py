@@ -45,11 +45,11 @@ def _table(result: object, budget: int | None, fit: bool) -> str:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from revbench.data import Workload
     from revbench.estimate.scale_out import estimate_scale_out
-    from revbench.methods import TrainSpec
     from revbench.models import ModelSpec
-    from revbench.models.zoo import parse_dtype
+    from revbench.models.dtypes import parse_dtype
+    from revbench.spec import TrainSpec
+    from revbench.workload import Workload
 
     if args.fit and args.budget is None:
         raise ValueError("--fit needs --budget, e.g. --budget 80GiB")

@@ -26,9 +26,10 @@ from revbench.estimate.layouts import use_layout
 from revbench.estimate.meta_build import fake_method_from_meta
 from revbench.measure.categories import TensorBytes
 from revbench.measure.storage_tracker import measure_peak_bytes_tracked
-from revbench.methods import TrainSpec, create_method, parse_method
-from revbench.methods.composition import resolve_optimizer
-from revbench.models.zoo import parse_dtype
+from revbench.methods import create_method, parse_method
+from revbench.methods.resolve import resolve_optimizer
+from revbench.models.dtypes import parse_dtype
+from revbench.spec import TrainSpec
 
 TARGETS = ("cuda", "cpu")
 

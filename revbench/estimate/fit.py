@@ -16,8 +16,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from revbench.estimate.session import Estimate, Sessions
-from revbench.methods import TrainSpec
 from revbench.models.zoo import build_config
+from revbench.spec import TrainSpec
 from revbench.units import format_bytes
 
 AXES = ("batch", "seq")

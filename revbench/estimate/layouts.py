@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from revbench.methods.base import OptimizerSpec
 from revbench.methods.method import Method
+from revbench.spec import OptimizerSpec
 from revbench.states.adamw import AdamW
 
 

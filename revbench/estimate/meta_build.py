@@ -15,8 +15,9 @@ from dataclasses import replace
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from revbench.methods import TrainSpec, create_method
+from revbench.methods import create_method
 from revbench.methods.method import Method
+from revbench.spec import TrainSpec
 
 
 def _to_fake(mode: FakeTensorMode, t: torch.Tensor) -> torch.Tensor:

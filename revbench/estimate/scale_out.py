@@ -21,10 +21,10 @@ from dataclasses import dataclass, replace
 
 from revbench.estimate.session import estimate_method
 from revbench.estimate.sharding import LAYOUTS, ModelShape, RankPeak, rank_states, smallest_ranks
-from revbench.methods import TrainSpec
 from revbench.methods.composition import Composition
 from revbench.methods.method import techniques
 from revbench.ranks import check_divisible
+from revbench.spec import TrainSpec
 
 ACTIVATIONS = ("store", "checkpoint", "revffn", "revexact")
 

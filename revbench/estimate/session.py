@@ -14,7 +14,8 @@ from typing import Any, Protocol
 from revbench.estimate.fake_step import MethodStep
 from revbench.estimate.zero_step import ZERO_STATES, ZeroStep
 from revbench.measure.categories import TensorBytes
-from revbench.methods import TrainSpec, parse_method
+from revbench.methods import parse_method
+from revbench.spec import TrainSpec
 
 
 class Session(Protocol):

@@ -29,7 +29,8 @@ from typing import Any
 import torch
 
 from revbench.models import ModelSpec
-from revbench.models.zoo import build_model, parse_dtype
+from revbench.models.dtypes import parse_dtype
+from revbench.models.zoo import build_model
 
 SHARDED_STATES = ("adamw-ddp", "zero2-offload", "zero3-offload")
 ZERO2_ALIGNMENT = 2  # DeepSpeed's nccl_start_alignment_factor: ZeRO-2's flat group is padded to 2·N elements

@@ -22,7 +22,8 @@ from revbench.estimate.zero_layout import ParamLayout, ZeroLayout, zero_layout
 from revbench.measure.categories import TensorBytes
 from revbench.measure.phases import phase
 from revbench.measure.storage_tracker import measure_peak_bytes_tracked
-from revbench.methods import TrainSpec, create_method
+from revbench.methods import create_method
+from revbench.spec import TrainSpec
 from revbench.states.zero_offload import ZeroOffload, fill_config, load_config
 
 ZERO_STATES = ("zero2-offload", "zero3-offload")

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from revbench.loss.full import FullLoss
-from revbench.methods.base import TrainSpec
+from revbench.spec import TrainSpec
 
 IGNORE_INDEX = -100  # what transformers' ForCausalLMLoss pads the shifted labels with
 

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from revbench.methods.base import TrainSpec
+from revbench.spec import TrainSpec
 
 
 class FullLoss:

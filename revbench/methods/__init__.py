@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from revbench.methods.base import ADAMW_IMPLEMENTATIONS, OptimizerSpec, TrainSpec
 from revbench.methods.composition import (
     AXES,
     PRESETS,
@@ -17,6 +16,7 @@ from revbench.methods.composition import (
     option_names,
     parse_method,
 )
+from revbench.spec import ADAMW_IMPLEMENTATIONS, OptimizerSpec, TrainSpec
 
 if TYPE_CHECKING:
     from revbench.methods.method import Method

@@ -13,7 +13,6 @@ from typing import Any
 
 from revbench.activations import ACTIVATIONS
 from revbench.loss import LOSSES
-from revbench.methods.base import OptimizerSpec
 from revbench.states import STATES
 
 AXES: dict[str, dict[str, str]] = {"activations": ACTIVATIONS, "states": STATES, "loss": LOSSES}
@@ -92,10 +91,3 @@ def option_names(composition: Composition) -> tuple[str, ...]:
     """Every option the composition's techniques take."""
     return tuple(name for cls in technique_classes(composition).values() for name in cls.option_names)
 
-
-def resolve_optimizer(composition: Composition, optimizer: OptimizerSpec, device: str) -> OptimizerSpec:
-    """The optimizer with AdamW's "auto" implementation made concrete for `device`, where the composition's
-    model-state technique runs torch's AdamW (8-bit and DeepSpeed's CPU Adam have kernels of their own)."""
-    if technique_class("states", composition.states).uses_adamw_implementation:
-        return optimizer.resolved(device)
-    return optimizer

@@ -14,9 +14,9 @@ import torch
 
 from revbench.measure.categories import StateTensors
 from revbench.measure.phases import phase
-from revbench.methods.base import TrainSpec
 from revbench.methods.composition import AXES, Composition, option_names, technique_classes
 from revbench.models.zoo import build_model
+from revbench.spec import TrainSpec
 
 
 def techniques(composition: Composition, spec: TrainSpec) -> tuple[Any, Any, Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from transformers import PreTrainedModel
@@ -12,9 +11,7 @@ from transformers import PreTrainedModel
 from revbench.models.dtypes import parse_dtype
 from revbench.models.families import family_of
 from revbench.models.hf_config import configure
-
-if TYPE_CHECKING:  # zoo imports this module; the spec is only a type here
-    from revbench.models.zoo import ModelSpec
+from revbench.models.spec import ModelSpec
 
 
 class CheckpointError(ValueError):

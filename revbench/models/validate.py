@@ -13,8 +13,10 @@ from pathlib import Path
 
 from transformers import PretrainedConfig
 
+from revbench.models.dtypes import parse_dtype
 from revbench.models.presets import PRESETS
-from revbench.models.zoo import ModelSpec, build_config, parse_dtype
+from revbench.models.spec import ModelSpec
+from revbench.models.zoo import build_config
 
 
 class ShapeError(ValueError):

@@ -7,24 +7,20 @@ preset's default, plus the step counts, repeat, memory budget, GPU count and tim
 from __future__ import annotations
 
 import copy
-import dataclasses
 import itertools
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from revbench.data import Workload
-from revbench.methods import AXES, Composition, OptimizerSpec, TrainSpec, option_names, parse_method
-from revbench.methods.composition import resolve_optimizer, technique_class
-from revbench.methods.method import techniques
-from revbench.models import ModelSpec, build_config, num_experts, parse_dtype
+from revbench.methods.resolve import Overrides, check_option_keys, resolve_method
+from revbench.models import ModelSpec
 from revbench.orchestrator.schema import FieldError, set_dotted
 from revbench.orchestrator.suite import Suite, SuiteError, parse_suite
-from revbench.ranks import check_divisible
 from revbench.records import run_id
-from revbench.states import STATES
+from revbench.spec import OptimizerSpec, TrainSpec
 from revbench.units import format_bytes
+from revbench.workload import Workload
 
 # Settings that change how long a run may take, not what it measures: a different value is the same run.
 _NOT_IDENTITY = ("timeout_s",)
@@ -84,29 +80,6 @@ def world_size(config: dict[str, Any]) -> int:
     return config.get("ranks", 1) if torch.device(config["device"]).type == "cpu" else config["gpus"]
 
 
-def check_ranks(composition: Composition, ranks: int, batch: int) -> None:
-    """Refuse, before any worker starts, a multi-rank run that could not train as one model on the global batch."""
-    if ranks == 1:
-        return
-    check_divisible(batch, ranks)
-    states = technique_class("states", composition.states)
-    if states.data_parallel is None:
-        sharding = [name for name in STATES if technique_class("states", name).data_parallel]
-        raise ValueError(f"method {composition.name!r} cannot run on {ranks} ranks: its model states "
-                         f"({composition.states}) stay whole and unsynchronised in each process, so every rank "
-                         f"would train its own model; over several ranks use states {', '.join(sharding)}")
-
-
-def resolve_model(spec: ModelSpec, device: str) -> ModelSpec:
-    """The preset's sizes written out and the dtype made concrete, so the record says what was built."""
-    dtype = str(parse_dtype(spec.dtype, device)).removeprefix("torch.")
-    if spec.path is not None:  # a checkpoint's config is only known once loaded
-        return dataclasses.replace(spec, dtype=dtype)
-    config = build_config(spec)
-    return dataclasses.replace(spec, dtype=dtype, layers=config.num_hidden_layers, hidden=config.hidden_size,
-                               experts=num_experts(config), top_k=config.num_experts_per_tok)
-
-
 def grid_points(suite: Suite) -> list[Suite]:
     """One sweep-free suite per point of the grids, in order, each point once."""
     base = suite.to_dict()
@@ -130,39 +103,19 @@ def with_value(point: Suite, key: str, value: Any) -> Suite:
     return parse_suite(data, f"{key}={value!r}")
 
 
-def composition_of(point: Suite, method: str) -> Composition:
-    """The method with the suite's axis overrides applied."""
-    return parse_method(method).with_axes(activations=point.activations, states=point.states, loss=point.loss)
-
-
-def run_options(point: Suite, method: str, composition: Composition) -> dict[str, Any]:
-    """The options of the run's techniques, then of its method as listed, then of its composed name."""
-    options: dict[str, Any] = {}
-    for key in (*composition.techniques(), method, composition.name):
-        options.update(point.options.get(key, {}))
-    return options
-
-
 def plan_run(point: Suite, method: str, repeat: int = 0, search_key: str | None = None) -> PlannedRun:
     try:
         device = resolve_device(point.device, point.gpus, point.ranks)
-    except FieldError as exc:
-        raise SuiteError(f"suite {point.name!r}: {exc}") from None
-    composition = composition_of(point, method)
-    spec = TrainSpec(model=resolve_model(point.model, device), workload=point.workload,
-                     optimizer=resolve_optimizer(composition, point.optimizer, device), seed=point.seed, device=device,
-                     options=run_options(point, method, composition))
-    try:
-        check_ranks(composition, point.ranks if torch.device(device).type == "cpu" else point.gpus,
-                    point.workload.batch)
-        techniques(composition, spec)  # refuse a combination that cannot run before any worker starts
-    except ImportError:
-        pass  # a technique whose library is missing: its run's record says so
-    except ValueError as exc:
+        overrides = Overrides(point.activations, point.states, point.loss, point.options)
+        spec = TrainSpec(model=point.model, workload=point.workload, optimizer=point.optimizer, seed=point.seed,
+                         device=device)
+        resolved = resolve_method(method, spec, overrides,
+                                  point.ranks if torch.device(device).type == "cpu" else point.gpus)
+    except ValueError as exc:  # a FieldError of the device or rank count, or a refusal of the composition
         raise SuiteError(f"suite {point.name!r}: {exc}") from None
     config = {
-        **spec.to_dict(),
-        "techniques": composition.to_dict(),
+        **resolved.spec.to_dict(),
+        "techniques": resolved.composition.to_dict(),
         "steps": point.steps,
         "warmup": point.warmup,
         "repeat": repeat,
@@ -172,7 +125,7 @@ def plan_run(point: Suite, method: str, repeat: int = 0, search_key: str | None 
         "search_key": search_key,
         "timeout_s": point.timeout_s,
     }
-    return PlannedRun(suite=point.name, method=composition.name, config=config)
+    return PlannedRun(suite=point.name, method=resolved.name, config=config)
 
 
 def grid_runs(suite: Suite) -> list[PlannedRun]:
@@ -188,20 +141,11 @@ def grid_runs(suite: Suite) -> list[PlannedRun]:
 
 
 def check_options(suite: Suite) -> None:
-    """Options against the option names of the technique or method they are keyed by, before anything runs.
-    A technique whose module cannot be imported is left to its run, whose record then says why."""
-    for key, options in suite.options.items():
-        if not options:
-            continue
-        try:
-            axis = next((a for a, registry in AXES.items() if key in registry), None)
-            allowed = technique_class(axis, key).option_names if axis else option_names(parse_method(key))
-        except ImportError:
-            continue
-        unknown = sorted(set(options) - set(allowed))
-        if unknown:
-            raise SuiteError(f"suite {suite.name!r}: options.{key}.{unknown[0]}: unknown option; {key} takes "
-                             f"{', '.join(allowed) or 'no options'}")
+    """Options against the option names of the technique or method they are keyed by, before anything runs."""
+    try:
+        check_option_keys(suite.options)
+    except ValueError as exc:
+        raise SuiteError(f"suite {suite.name!r}: {exc}") from None
 
 
 def train_spec(config: dict[str, Any]) -> TrainSpec:

@@ -16,11 +16,12 @@ from typing import Any
 import torch
 import yaml
 
-from revbench.data import Workload
-from revbench.methods import AXES, METHODS, OptimizerSpec, UnknownMethodError, parse_method
+from revbench.methods import AXES, METHODS, UnknownMethodError, parse_method
 from revbench.models import ModelSpec
 from revbench.orchestrator.schema import FieldError, build, hint_at, parse_assignment, parse_bytes, set_dotted
 from revbench.orchestrator.validate import check_model, check_name, check_optimizer, check_workload
+from revbench.spec import OptimizerSpec
+from revbench.workload import Workload
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
 DEFAULT_SUITE = "smoke"

@@ -11,11 +11,12 @@ import math
 import re
 from pathlib import Path
 
-from revbench.data import BYTE_VOCAB, Workload, default_text_path
-from revbench.methods import OptimizerSpec
+from revbench.data import BYTE_VOCAB
 from revbench.models import ModelSpec, build_config
 from revbench.models.validate import ShapeError, validate_model
 from revbench.orchestrator.schema import FieldError
+from revbench.spec import OptimizerSpec
+from revbench.workload import Workload, default_text_path
 
 # A suite's name becomes a directory under results/ and reports/: one plain path component.
 SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from revbench.data import Workload, default_text_path
+from revbench.workload import Workload, default_text_path
 
 
 def tokenize_file(tokenizer: PreTrainedTokenizerBase, path: str | Path | None = None) -> torch.Tensor:

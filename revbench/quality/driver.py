@@ -22,7 +22,7 @@ import torch
 from transformers import PreTrainedModel
 
 from revbench.env import environment_stamp
-from revbench.methods import TrainSpec, create_method
+from revbench.methods import create_method
 from revbench.models import ModelSpec, load_pretrained, parameter_count
 from revbench.pretrained import (
     TokenizedStream,
@@ -38,6 +38,7 @@ from revbench.pretrained.store import checkpoint_path, is_built, provenance, sav
 from revbench.quality.heldout import heldout_loss, perplexity
 from revbench.quality.suite import QualityRun, QualitySuite
 from revbench.records import RunRecord, append_record, read_records, run_id
+from revbench.spec import TrainSpec
 
 Log = Callable[[str], None]
 

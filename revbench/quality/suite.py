@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from revbench.data import Workload
-from revbench.methods import METHODS, OptimizerSpec
+from revbench.methods import METHODS
 from revbench.orchestrator.schema import FieldError, build, hint_at, parse_assignment, set_dotted
 from revbench.orchestrator.suite import SUITES_DIR, SuiteError, read_suite_file
 from revbench.pretrained.upcycle import UpcycleSpec
+from revbench.spec import OptimizerSpec
+from revbench.workload import Workload
 
 
 @dataclass

@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from revbench.data import Workload
-from revbench.methods import TrainSpec
 from revbench.models import ModelSpec
 from revbench.reports.paper import load_paper_reference
+from revbench.spec import TrainSpec
 from revbench.units import BINARY, format_bytes
+from revbench.workload import Workload
 
 if TYPE_CHECKING:
-    from revbench.reports.render import ReportContext
+    from revbench.reports.context import ReportContext
 
 GiB = BINARY["GiB"]
 # The vendors' "80 GB" is near 80 GiB (nvidia-smi shows 81,559 MiB on an H100/H800 80GB). The CUDA context,

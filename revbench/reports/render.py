@@ -9,67 +9,25 @@ sections run in the order of `revbench.reports.sections.SECTIONS`; to add one, a
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib.pyplot as plt
-import pandas as pd
-from matplotlib.figure import Figure
-
-from revbench.records import RESULTS_FILE, RunRecord
+from revbench.records import RESULTS_FILE
+from revbench.reports import sections as report_sections
+from revbench.reports.context import ReportContext, Section
 from revbench.reports.frame import load_records, runs_frame, summarize
 from revbench.reports.plots import variant_colors
-from revbench.reports.tables import markdown, readable
 
 INDEX = "report.md"
 MANIFEST = ".revbench-report.json"  # the files the last report wrote, so a re-render removes its stale ones
-DPI = 120
-
-
-@dataclass
-class ReportContext:
-    results_dir: Path
-    out_dir: Path
-    records: list[RunRecord]
-    frame: pd.DataFrame  # one row per run (see revbench.reports.frame)
-    summary: pd.DataFrame  # one row per point and variant, repeats merged
-    colors: dict[str, str]
-    files: list[Path] = field(default_factory=list)  # every file the sections wrote
-
-    def link(self, path: Path) -> str:
-        return Path(os.path.relpath(path, self.out_dir)).as_posix()
-
-    def table(self, data: pd.DataFrame, name: str, formatted: pd.DataFrame | None = None) -> str:
-        """Write `data` to `<name>.csv` (raw numbers) and the readable version to `<name>.md`; return the
-        Markdown table with links to both."""
-        csv, md = self.out_dir / f"{name}.csv", self.out_dir / f"{name}.md"
-        data.to_csv(csv, index=False)
-        text = markdown(formatted if formatted is not None else readable(data))
-        md.write_text(text + "\n")
-        self.files += [md, csv]
-        return f"{text}\n\n([{md.name}]({self.link(md)}), [{csv.name}]({self.link(csv)}))\n"
-
-    def figure(self, fig: Figure, name: str, alt: str) -> str:
-        path = self.out_dir / f"{name}.png"
-        fig.savefig(path, dpi=DPI)
-        plt.close(fig)
-        self.files.append(path)
-        return f"![{alt}]({self.link(path)})\n"
-
-
-Section = Callable[[ReportContext], "str | None"]
 
 
 def add_section(section: Section, after: str | None = None) -> None:
     """Insert a section after the one named `after` (a function name), or at the end."""
-    from revbench.reports.sections import SECTIONS
-
-    names = [s.__name__ for s in SECTIONS]
+    order = report_sections.SECTIONS  # read at call time: the list may have been replaced
+    names = [s.__name__ for s in order]
     if after is not None and after not in names:
         raise ValueError(f"no report section {after!r}; the sections are {', '.join(names)}")
-    SECTIONS.insert(names.index(after) + 1 if after else len(SECTIONS), section)
+    order.insert(names.index(after) + 1 if after else len(order), section)
 
 
 def default_report_dir(name: str) -> Path:
@@ -80,8 +38,6 @@ def render_report(results_dir: str | Path, out_dir: str | Path | None = None,
                   sections: list[Section] | None = None) -> Path:
     """Write the report of the records in `results_dir` to `out_dir` (default reports/<results dir name>/);
     returns the path of report.md."""
-    from revbench.reports.sections import SECTIONS
-
     results_dir = Path(results_dir)
     if results_dir.name == RESULTS_FILE:
         results_dir = results_dir.parent
@@ -94,7 +50,8 @@ def render_report(results_dir: str | Path, out_dir: str | Path | None = None,
     summary = summarize(frame)
     ctx = ReportContext(results_dir=results_dir, out_dir=out, records=records, frame=frame, summary=summary,
                         colors=variant_colors(list(frame["variant"])))
-    parts = [text for section in (sections if sections is not None else SECTIONS) if (text := section(ctx))]
+    order = sections if sections is not None else report_sections.SECTIONS
+    parts = [text for section in order if (text := section(ctx))]
     index = out / INDEX
     index.write_text("\n".join(parts))
     remove_stale(out, [index, *ctx.files])

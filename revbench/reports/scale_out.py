@@ -11,8 +11,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from revbench.reports import plots
+from revbench.reports.context import ReportContext
 from revbench.reports.frame import DEVICE, HOST_STATES, SAMPLES, STEP_TIME
-from revbench.reports.render import ReportContext
 from revbench.units import format_bytes
 
 FIXED = ("preset", "layers", "dtype", "device", "batch", "seq", "data", "steps", "warmup")

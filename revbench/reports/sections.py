@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from revbench.records import RESULTS_FILE
 from revbench.reports import plots
+from revbench.reports.context import ReportContext, Section
 from revbench.reports.frame import headline_point
 from revbench.reports.paper import (
     format_paper_table,
@@ -12,7 +13,6 @@ from revbench.reports.paper import (
     paper_table,
     quality_table,
 )
-from revbench.reports.render import ReportContext, Section
 from revbench.reports.scale_out import scale_out
 from revbench.reports.tables import budget_table, failures_table, markdown, memory_table, results_table
 

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_model, save_model
 
+from revbench.models.dtypes import DTYPES
 from revbench.models.families import FAMILIES
-from revbench.models.zoo import DTYPES
 from revbench.revffn.families import family_ops
 from revbench.revffn.model import RevFFNForCausalLM
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from revbench.methods.base import OptimizerSpec
+from revbench.spec import OptimizerSpec
 from revbench.states.base import ModelStates
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from revbench.measure.categories import StateTensors, default_state_tensors
-from revbench.methods.base import TrainSpec
+from revbench.spec import TrainSpec
 
 
 class ModelStates:

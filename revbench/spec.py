@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from revbench.data import Workload
-from revbench.models.zoo import ModelSpec
+from revbench.models.spec import ModelSpec
+from revbench.workload import Workload
 
 # torch's AdamW implementations: the multi-tensor `foreach` path (torch's default on CUDA), the `fused`
 # kernel, and the `for-loop` over parameters (its default on CPU). "auto" is torch's own choice for the device.
