@@ -27,7 +27,7 @@ from revbench.estimate.meta_build import fake_method_from_meta
 from revbench.measure.categories import TensorBytes
 from revbench.measure.storage_tracker import measure_peak_bytes_tracked
 from revbench.methods import create_method, parse_method
-from revbench.methods.resolve import resolve_optimizer
+from revbench.methods.resolve import resolve_method
 from revbench.models.dtypes import parse_dtype
 from revbench.spec import TrainSpec
 
@@ -90,19 +90,18 @@ def unpacked_sequences() -> Iterator[None]:
 
 
 def target_spec(name: str, spec: TrainSpec, target: str) -> TrainSpec:
-    """The spec the fake step runs: on the CPU device, with the target device's dtype and AdamW kernel for "auto".
+    """The spec the fake step runs: resolved for the target device as a run there would be (its dtype and AdamW
+    kernel for "auto"), then on the CPU device.
 
     Fake tensors run on the CPU device on every torch build. A CPU-only torch does create fake CUDA tensors,
     and matmuls on them work, but SDPA's composite path then aborts the whole process ("PyTorch is not
     linked with support for cuda devices"). Tensor byte counts do not depend on the device up to allocator
-    rounding; what does depend on it is resolved here: the dtype, and AdamW's implementation (torch takes the
-    multi-tensor foreach path on CUDA, whose sqrt temporary is as large as all the parameters of one dtype).
+    rounding; what does depend on it is resolved for the target: the dtype, and AdamW's implementation (torch takes
+    the multi-tensor foreach path on CUDA, whose sqrt temporary is as large as all the parameters of one dtype).
     """
     if target not in TARGETS:
         raise ValueError(f"unknown estimate target {target!r}; choose one of {', '.join(TARGETS)}")
-    dtype = str(parse_dtype(spec.model.dtype, target)).removeprefix("torch.")
-    return replace(spec, device="cpu", model=replace(spec.model, dtype=dtype),
-                   optimizer=resolve_optimizer(parse_method(name), spec.optimizer, target))
+    return replace(resolve_method(name, replace(spec, device=target)).spec, device="cpu")
 
 
 def shim_for(spec: TrainSpec) -> contextlib.AbstractContextManager:

@@ -19,14 +19,13 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from revbench.activations import ACTIVATIONS
 from revbench.estimate.session import estimate_method
 from revbench.estimate.sharding import LAYOUTS, ModelShape, RankPeak, rank_states, smallest_ranks
 from revbench.methods.composition import Composition
 from revbench.methods.method import techniques
 from revbench.ranks import check_divisible
 from revbench.spec import TrainSpec
-
-ACTIVATIONS = ("store", "checkpoint", "revffn", "revexact")
 
 
 def combinations(spec: TrainSpec) -> list[tuple[Composition, str | None]]:

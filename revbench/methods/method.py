@@ -30,6 +30,7 @@ def techniques(composition: Composition, spec: TrainSpec) -> tuple[Any, Any, Any
     classes = technique_classes(composition)
     activations, states, loss = (classes[axis](spec) for axis in ("activations", "states", "loss"))
     reason = (activations.refuses(composition.states, composition.loss)
+              or states.refuses(composition.activations, composition.loss)
               or loss.refuses(composition.activations, composition.states))
     if reason:
         raise ValueError(f"method {composition.name!r} cannot run: {reason}")

@@ -99,13 +99,14 @@ def check_option_keys(options: dict[str, dict[str, Any]]) -> None:
 def resolve_method(method: str, spec: TrainSpec, overrides: Overrides | None = None, ranks: int = 1
                    ) -> ResolvedMethod:
     """`method` (a preset or ACTIVATIONS+STATES+LOSS) with `overrides` applied and `spec` made concrete for its
-    device, after checking that it can run on `ranks` ranks with its options (a ValueError says why not)."""
+    device (the overrides' options over the spec's own), after checking that it can run on `ranks` ranks with its
+    options (a ValueError says why not)."""
     overrides = overrides or Overrides()
     composition = parse_method(method).with_axes(activations=overrides.activations, states=overrides.states,
                                                  loss=overrides.loss)
     spec = dataclasses.replace(spec, model=resolve_model(spec.model, spec.device),
                                optimizer=resolve_optimizer(composition, spec.optimizer, spec.device),
-                               options=merged_options(method, composition, overrides.options))
+                               options={**spec.options, **merged_options(method, composition, overrides.options)})
     try:
         check_ranks(composition, ranks, spec.workload.batch)
         techniques(composition, spec)

@@ -31,6 +31,10 @@ class ModelStates:
             raise ValueError(f"optimizer.implementation {spec.optimizer.implementation!r} chooses among torch's "
                              f"AdamW kernels, which {self.name!r} does not use; leave it auto")
 
+    def refuses(self, activations: str, loss: str) -> str | None:
+        """Why these model states cannot run with the given activation and loss techniques, or None."""
+        return None
+
     def make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         return self.spec.optimizer.build(params)
 
