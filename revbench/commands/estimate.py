@@ -106,6 +106,7 @@ def json_row(context: dict[str, Any], row: Row, budget: int | None) -> dict[str,
         out[f"largest_{axis}"] = fit.largest if fit else None
         out[f"largest_{axis}_capped"] = fit.capped if fit else None
     out["reason"] = e.reason
+    out["depth"], out["depth_note"] = e.depth, e.depth_note  # "extrapolated" from small depths, or "traced"
     out["seconds"] = round(row.seconds, 2)
     return out
 
@@ -136,8 +137,9 @@ def table(rows: list[Row], budget: int | None, batch: int, seq: int) -> pd.DataF
             line[f"max batch @ seq {seq}"] = _largest(row.fits["batch"])
         if "seq" in row.fits:
             line[f"max seq @ batch {batch}"] = _largest(row.fits["seq"])
+        line["depth"] = e.depth if device else "-"
         line["s"] = f"{row.seconds:.1f}"
-        line["note"] = e.reason or ""
+        line["note"] = e.reason or e.depth_note or ""
         out.append(line)
     return pd.DataFrame(out).set_index("method")
 
@@ -169,6 +171,7 @@ def estimate_rows(names: list[str], spec: TrainSpec, args: argparse.Namespace) -
 
 
 def handle(args: argparse.Namespace) -> int:
+    from revbench.estimate.depth import DEPTHS
     from revbench.models import ModelSpec, build_config
     from revbench.models.dtypes import parse_dtype
     from revbench.models.validate import ShapeError, validate_model
@@ -209,7 +212,9 @@ def handle(args: argparse.Namespace) -> int:
     adamw = ("AdamW's multi-tensor (foreach) path, as torch takes it on CUDA" if args.device == "cuda"
              else "AdamW's per-parameter loop, as torch takes it on CPU")
     print(f"Categories are the device's; `peak in` is the step phase of the device peak. host: what DeepSpeed "
-          f"offload keeps in host memory (fp32 master weights, gradients, Adam states). Wall time {wall:.1f} s. "
+          f"offload keeps in host memory (fp32 master weights, gradients, Adam states). depth: extrapolated from "
+          f"traces at {', '.join(map(str, DEPTHS))} layers (each phase's peak and its categories exactly affine "
+          f"there), or traced at the full depth. Wall time {wall:.1f} s. "
           f"Fake tensors run on the CPU device; byte counts are device-independent up to allocator rounding (CUDA "
           f"rounds each block up to 512 B); the {args.device} code path takes {adamw} unless the method says "
           f"otherwise.")

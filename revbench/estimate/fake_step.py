@@ -22,10 +22,11 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from revbench.estimate.depth import TRACED
 from revbench.estimate.layouts import use_layout
 from revbench.estimate.meta_build import fake_method_from_meta
 from revbench.measure.categories import TensorBytes
-from revbench.measure.storage_tracker import measure_peak_bytes_tracked
+from revbench.measure.storage_tracker import measure_phase_peaks_tracked
 from revbench.methods import create_method, parse_method
 from revbench.methods.resolve import resolve_method
 from revbench.models.dtypes import parse_dtype
@@ -113,6 +114,8 @@ class MethodStep:
     """A method prepared once on fake tensors and warmed up (its optimizer state exists), then stepped at any
     batch and sequence length: the model states do not depend on them, so one build serves every probe."""
 
+    how, note = TRACED, None  # at the depth it was built with
+
     def __init__(self, name: str, spec: TrainSpec, target: str) -> None:
         self.spec = target_spec(name, spec, target)
         self.mode = FakeTensorMode()
@@ -130,6 +133,7 @@ class MethodStep:
             self.method.zero_grad()
             self.train(self.spec.workload.batch, self.spec.workload.seq)  # warm-up: creates the optimizer state
         self.label = f"fake-tensor estimate ({target})"
+        self.host: TensorBytes | None = None  # these methods keep nothing in host memory
 
     @contextlib.contextmanager
     def context(self) -> Iterator[None]:
@@ -141,9 +145,9 @@ class MethodStep:
         """One step, its batch created inside (as the harness's data stream does); call under context()."""
         return self.method.train_step(torch.zeros((batch, seq), dtype=torch.long))
 
-    def peak(self, batch: int, seq: int) -> tuple[TensorBytes, TensorBytes | None]:
-        """Device bytes at the peak of one step after the warm-up, and host bytes (none for these methods)."""
+    def phase_peaks(self, batch: int, seq: int) -> dict[str | None, TensorBytes]:
+        """Each step phase's own peak bytes in one step after the warm-up, in the order the phases ran."""
         with self.context():
             self.method.zero_grad()
-            _, tensor_bytes = measure_peak_bytes_tracked(lambda: self.train(batch, seq), self.method.state_tensors)
-        return replace(tensor_bytes, method=self.label), None
+            _, peaks = measure_phase_peaks_tracked(lambda: self.train(batch, seq), self.method.state_tensors)
+        return {phase: replace(b, method=self.label) for phase, b in peaks.items()}

@@ -1,15 +1,22 @@
 """The largest batch or sequence length whose estimated peak fits a memory budget.
 
 Each probe is a full step of the method's estimate session (fake tensors, or DeepSpeed's layout model plus
-fake-tensor activations), never a formula: the search only chooses which sizes to probe. Peak bytes grow
+fake-tensor activations), never a formula: a formula only chooses which sizes to probe. Peak bytes grow
 with batch and sequence length, so the answer is the size `n` with peak(n) <= budget < peak(n + 1), both
-probed. The search grows until a probe fails, then narrows the bracket by linear interpolation (the peak
-is piecewise affine in either size), probing each interpolated guess's neighbour at once, since on an affine
-stretch the guess is the answer; it bisects when interpolation stalls.
+probed.
+
+First, three consecutive sizes from the given one: where each step phase's own peak is affine over them (at a
+fixed sequence length every byte a phase holds grows by the same amount per sample), the lines' first crossing of
+the budget is the answer, and the crossing and its neighbour are probed to prove it. Where that does not hold
+(a phase curves, as attention's S x S terms do in the sequence length), the search grows until a probe fails, then
+narrows the bracket by linear interpolation (the peak is piecewise affine in either size), probing each
+interpolated guess's neighbour at once, since on an affine stretch the guess is the answer; it bisects when
+interpolation stalls. Every probe made before carries into the search.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -122,6 +129,23 @@ def search_largest(peak_at: Callable[[int], int], budget: int, start: int, cap: 
     return lo, False, probes
 
 
+def crossing(phases: dict[int, dict[str | None, int]], budget: int, cap: int) -> int | None:
+    """The largest size at which no phase's peak passes `budget`, from each phase's line through three consecutive
+    sizes (`cap` where none grows past it); None where a phase is not affine there or already over at the first."""
+    sizes = sorted(phases)
+    largest = cap
+    for phase in phases[sizes[0]]:
+        values = [phases[n].get(phase) for n in sizes]
+        if None in values or values[0] > budget:
+            return None
+        slope = values[1] - values[0]
+        if values[2] - values[1] != slope:
+            return None
+        if slope > 0:
+            largest = min(largest, sizes[-1] + (budget - values[-1]) // slope)
+    return largest
+
+
 def fit_method(name: str, spec: TrainSpec, budget: int, axis: str = "batch", target: str = "cuda",
                cap: int | None = None, progress: Callable[[str], None] | None = None,
                probes: dict[int, int] | None = None, sessions: Sessions | None = None) -> Fit:
@@ -149,12 +173,45 @@ def fit_method(name: str, spec: TrainSpec, budget: int, axis: str = "batch", tar
             raise _NotEstimable
         return estimate.peak_bytes
 
+    start = 1 if axis == "batch" else 2
+    probes = probes if probes is not None else {}
     try:
-        result.largest, result.capped, result.probes = search_largest(peak_at, budget, 1 if axis == "batch" else 2,
-                                                                      cap, probes)
+        phases = functools.partial(_phase_peaks, sessions, name, spec, axis, peak_at, probes)
+        _probe_the_crossing(phases, peak_at, probes, budget, getattr(spec.workload, axis), start, cap)
+        result.largest, result.capped, result.probes = search_largest(peak_at, budget, start, cap, probes)
     except _NotEstimable:
         result.reason = failure[0].reason
     return result
+
+
+def _probe_the_crossing(phases: Callable[[int], dict[str | None, int]], peak_at: Callable[[int], int],
+                        probes: dict[int, int], budget: int, given: int, start: int, cap: int) -> None:
+    """Probe where the phases' lines through three consecutive sizes cross the budget, and its neighbour: from the
+    given size where it fits (the lines start near the answer), else from the smallest."""
+    first = min(max(given, start), cap)
+    for n in (first, start):
+        if n not in probes:
+            probes[n] = peak_at(n)
+        if probes[n] <= budget:
+            break
+    else:
+        return  # nothing fits
+    first = first if probes[first] <= budget else start
+    if first + 2 > cap:
+        return
+    guess = crossing({n: phases(n) for n in range(first, first + 3)}, budget, cap)
+    for n in () if guess is None else (guess, guess + 1):
+        if start <= n <= cap and n not in probes:
+            probes[n] = peak_at(n)
+
+
+def _phase_peaks(sessions: Sessions, name: str, spec: TrainSpec, axis: str, peak_at: Callable[[int], int],
+                 probes: dict[int, int], n: int) -> dict[str | None, int]:
+    """Each phase's peak at size `n` (a probe, counted as one)."""
+    if n not in probes:
+        probes[n] = peak_at(n)
+    workload = replace(spec.workload, **{axis: n})
+    return sessions.estimate(name, workload.batch, workload.seq).phase_peaks or {}
 
 
 class _NotEstimable(Exception):

@@ -9,19 +9,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any
 
+from revbench.estimate.depth import DEPTHS, TRACED, DepthSession, Session, at_depth, depth_reason, step_peak
 from revbench.estimate.fake_step import MethodStep
 from revbench.estimate.zero_step import ZERO_STATES, ZeroStep
 from revbench.measure.categories import TensorBytes
 from revbench.methods import parse_method
+from revbench.models.zoo import build_config
 from revbench.spec import TrainSpec
-
-
-class Session(Protocol):
-    parameters: int
-
-    def peak(self, batch: int, seq: int) -> tuple[TensorBytes, TensorBytes | None]: ...
 
 
 @dataclass
@@ -36,6 +32,9 @@ class Estimate:
     seconds: float = 0.0
     parameters: int | None = None  # the model's parameter count, trainable or not
     host_bytes: TensorBytes | None = None
+    depth: str = TRACED  # or EXTRAPOLATED from traces at a few small depths (estimate/depth.py)
+    phase_peaks: dict[str | None, int] | None = None  # each step phase's own device peak, in the order they ran
+    depth_note: str | None = None  # why a deep stack was traced at its full depth
 
     @property
     def peak_bytes(self) -> int | None:
@@ -53,15 +52,21 @@ class Estimate:
             if self.tensor_bytes else {}
         return {"method": self.method, "status": self.status, "peak_bytes": self.peak_bytes,
                 "host_peak_bytes": self.host_peak_bytes, **categories, "parameters": self.parameters,
-                "reason": self.reason, "seconds": round(self.seconds, 2)}
+                "reason": self.reason, "depth": self.depth, "depth_note": self.depth_note,
+                "seconds": round(self.seconds, 2)}
 
 
-def open_session(name: str, spec: TrainSpec, target: str) -> Session:
+def open_session(name: str, spec: TrainSpec, target: str, extrapolate: bool | None = None) -> Session:
     """The session that estimates `name`: DeepSpeed's layout model for the ZeRO offload model states, fake tensors
-    otherwise (LoRA through a meta-device build, 8-bit AdamW through bitsandbytes' state layout)."""
-    if parse_method(name).states in ZERO_STATES:
-        return ZeroStep(name, spec, target)
-    return MethodStep(name, spec, target)
+    otherwise (LoRA through a meta-device build, 8-bit AdamW through bitsandbytes' state layout). A fake-tensor
+    step deeper than the small depths together is traced at those and extrapolated (`extrapolate` None); True
+    extrapolates any depth past them, False traces the full depth."""
+    step = ZeroStep if parse_method(name).states in ZERO_STATES else MethodStep
+    layers = build_config(spec.model).num_hidden_layers
+    wanted = layers > sum(DEPTHS) if extrapolate is None else extrapolate and layers > DEPTHS[-1]
+    if not wanted:
+        return step(name, spec, target)
+    return DepthSession(lambda depth: step(name, at_depth(spec, depth), target), layers, depth_reason(spec))
 
 
 def _describe(exc: BaseException) -> str:
@@ -77,16 +82,17 @@ def _describe(exc: BaseException) -> str:
 class Sessions:
     """Sessions by method, for one spec and target: each is built on first use, and a failure is kept."""
 
-    def __init__(self, spec: TrainSpec, target: str) -> None:
-        self.spec, self.target = spec, target
+    def __init__(self, spec: TrainSpec, target: str, extrapolate: bool | None = None) -> None:
+        self.spec, self.target, self.extrapolate = spec, target, extrapolate
         self._open: dict[str, Session | Estimate] = {}
+        self._done: dict[tuple[str, int, int], Estimate] = {}  # a size probed twice (a fit's seed) is stepped once
         self.build_seconds: dict[str, float] = {}
 
     def get(self, name: str) -> Session | Estimate:
         if name not in self._open:
             start = time.perf_counter()
             try:
-                self._open[name] = open_session(name, self.spec, self.target)
+                self._open[name] = open_session(name, self.spec, self.target, self.extrapolate)
             except (ImportError, RuntimeError, NotImplementedError, TypeError, AssertionError) as exc:
                 # A method that is not installed or cannot run on fake tensors says why; a bad spec
                 # (ValueError) still propagates.
@@ -95,18 +101,25 @@ class Sessions:
         return self._open[name]
 
     def estimate(self, name: str, batch: int, seq: int) -> Estimate:
+        if (name, batch, seq) not in self._done:
+            self._done[name, batch, seq] = self._estimate(name, batch, seq)
+        return self._done[name, batch, seq]
+
+    def _estimate(self, name: str, batch: int, seq: int) -> Estimate:
         start = time.perf_counter()
         session = self.get(name)
         if isinstance(session, Estimate):
             return replace(session, seconds=time.perf_counter() - start)
         try:
-            device, host = session.peak(batch, seq)
+            phases = session.phase_peaks(batch, seq)
         except (RuntimeError, NotImplementedError, TypeError, AssertionError) as exc:
             return Estimate(name, "error", reason=_describe(exc), seconds=time.perf_counter() - start)
-        return Estimate(name, "ok", tensor_bytes=device, host_bytes=host, seconds=time.perf_counter() - start,
-                        parameters=session.parameters)
+        return Estimate(name, "ok", tensor_bytes=step_peak(phases), host_bytes=session.host,
+                        seconds=time.perf_counter() - start, parameters=session.parameters,
+                        depth=session.how, depth_note=session.note,
+                        phase_peaks={phase: b.total for phase, b in phases.items()})
 
 
-def estimate_method(name: str, spec: TrainSpec, target: str = "cuda") -> Estimate:
+def estimate_method(name: str, spec: TrainSpec, target: str = "cuda", extrapolate: bool | None = None) -> Estimate:
     """Estimate the peak bytes of one measured step of `name` on `spec` for device kind `target`."""
-    return Sessions(spec, target).estimate(name, spec.workload.batch, spec.workload.seq)
+    return Sessions(spec, target, extrapolate).estimate(name, spec.workload.batch, spec.workload.seq)

@@ -17,11 +17,12 @@ from typing import Any
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from revbench.estimate.depth import TRACED
 from revbench.estimate.fake_step import shim_for, target_spec, unpacked_sequences
 from revbench.estimate.zero_layout import ParamLayout, ZeroLayout, zero_layout
 from revbench.measure.categories import TensorBytes
 from revbench.measure.phases import phase
-from revbench.measure.storage_tracker import measure_peak_bytes_tracked
+from revbench.measure.storage_tracker import measure_phase_peaks_tracked
 from revbench.methods import create_method
 from revbench.spec import TrainSpec
 from revbench.states.zero_offload import ZeroOffload, fill_config, load_config
@@ -70,6 +71,8 @@ def zero_config(states: ZeroOffload, model: torch.nn.Module) -> dict[str, Any]:
 class ZeroStep:
     """A ZeRO offload method's model, built once on fake tensors with its layout, stepped at any batch and seq."""
 
+    how, note = TRACED, None  # at the depth it was built with
+
     def __init__(self, name: str, spec: TrainSpec, target: str) -> None:
         self.spec = target_spec(name, spec, target)
         method = create_method(name, self.spec)
@@ -96,17 +99,24 @@ class ZeroStep:
             loss.backward()
         self.buckets.reduce()  # the end of backward reduces what is left in the bucket
 
-    def peak(self, batch: int, seq: int) -> tuple[TensorBytes, TensorBytes]:
-        """(device bytes, host bytes) at the peak of one step."""
-        with unpacked_sequences(), self.mode, self.shim:
-            _, tracked = measure_peak_bytes_tracked(
-                lambda: self._step(batch, seq), lambda: {"params": [*self.model.parameters(), *self.model.buffers()]})
+    @property
+    def host(self) -> TensorBytes:
+        """What DeepSpeed keeps in host memory: its layout's, whatever the batch."""
+        return self.layout.host
+
+    def _device(self, tracked: TensorBytes) -> TensorBytes:
         # The whole fake parameters stand in for what DeepSpeed holds of them on the device: ZeRO-2's flat
         # buffer (the layout's device params) or ZeRO-3's persistent parameters plus its gathered working set.
         # ZeRO-3's working set is added at its largest to the activations' peak, though the two need not peak
         # together, and ZeRO-2's gradient workspace likewise: both make the device figure an upper bound.
         layout = self.layout
-        device = replace(layout.device, params=layout.device.params + layout.gathered,
-                         activations=tracked.activations + layout.workspace, phase=tracked.phase,
-                         method=f"ZeRO-{self.stage} layout + fake-tensor activations (device)")
-        return device, layout.host
+        return replace(layout.device, params=layout.device.params + layout.gathered,
+                       activations=tracked.activations + layout.workspace, phase=tracked.phase,
+                       method=f"ZeRO-{self.stage} layout + fake-tensor activations (device)")
+
+    def phase_peaks(self, batch: int, seq: int) -> dict[str | None, TensorBytes]:
+        """Device bytes at each step phase's own peak in one step (the host's are `host`)."""
+        with unpacked_sequences(), self.mode, self.shim:
+            _, peaks = measure_phase_peaks_tracked(
+                lambda: self._step(batch, seq), lambda: {"params": [*self.model.parameters(), *self.model.buffers()]})
+        return {phase: self._device(tracked) for phase, tracked in peaks.items()}

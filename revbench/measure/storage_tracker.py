@@ -28,11 +28,13 @@ from revbench.measure.categories import (
 )
 from revbench.measure.phases import current_phase
 
+_NONE = object()  # no phase's peak is rising (a phase may be None: outside the step's phases)
+
 
 class StorageTracker(TorchDispatchMode):
     """Tracks every storage an op creates, plus storages registered up front, and records the peak."""
 
-    def __init__(self) -> None:
+    def __init__(self, by_phase: bool = False) -> None:
         super().__init__()
         self.live: dict[int, tuple[int, int]] = {}  # storage key -> (bytes, serial of its allocation)
         self.current = self.peak = 0
@@ -40,6 +42,11 @@ class StorageTracker(TorchDispatchMode):
         self.phases: dict[int, str | None] = {}  # serial -> the step phase it was allocated in
         self.peak_phase: str | None = None
         self._rising = False
+        # by_phase: each phase's own peak and the storages live at it, in the order the phases first allocate
+        self.by_phase = by_phase
+        self.phase_peaks: dict[str | None, int] = {}
+        self.phase_live: dict[str | None, dict[int, tuple[int, int]]] = {}
+        self._phase_rising: str | object | None = _NONE
         self._serials = itertools.count()
         self._finalizers: list[weakref.finalize] = []
 
@@ -47,17 +54,26 @@ class StorageTracker(TorchDispatchMode):
         storage, key = t.untyped_storage(), storage_key(t)
         if key in self.live:
             return
-        nbytes, serial = storage.nbytes(), next(self._serials)
+        nbytes, serial, phase = storage.nbytes(), next(self._serials), current_phase()
+        if self._phase_rising is not _NONE and self._phase_rising != phase:
+            self._keep_phase_peak()  # another phase allocates: the rising one's peak is the state before it
         self.live[key] = (nbytes, serial)
-        self.phases[serial] = current_phase()
+        self.phases[serial] = phase
         self.current += nbytes
         if self.current > self.peak:
-            self.peak, self._rising, self.peak_phase = self.current, True, self.phases[serial]
+            self.peak, self._rising, self.peak_phase = self.current, True, phase
+        if self.by_phase and self.current > self.phase_peaks.get(phase, -1):
+            self.phase_peaks[phase], self._phase_rising = self.current, phase
         self._finalizers.append(weakref.finalize(storage, self._release, key))
+
+    def _keep_phase_peak(self) -> None:
+        self.phase_live[self._phase_rising], self._phase_rising = dict(self.live), _NONE
 
     def _release(self, key: int) -> None:
         if self._rising:  # the state just before the first free after a rise is the peak state
             self.peak_live, self._rising = dict(self.live), False
+        if self._phase_rising is not _NONE:
+            self._keep_phase_peak()
         self.current -= self.live.pop(key, (0, 0))[0]
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
@@ -74,14 +90,17 @@ class StorageTracker(TorchDispatchMode):
     def finish(self) -> None:
         if self._rising:
             self.peak_live = dict(self.live)
+        if self._phase_rising is not _NONE:
+            self._keep_phase_peak()
         for finalizer in self._finalizers:
             finalizer.detach()
 
-    def peak_storages(self, before: dict, after: dict) -> Iterator[tuple[int, int, int, str, bool]]:
-        """(key, bytes, serial, category, survives) of every storage live at the peak. A storage that outlives
-        the step takes its model-state category (from `categorize` after the step, else before it); a
-        temporary is `workspace` or `activations` by the phase that allocated it."""
-        for key, (nbytes, serial) in self.peak_live.items():
+    def peak_storages(self, before: dict, after: dict, live: dict[int, tuple[int, int]] | None = None
+                      ) -> Iterator[tuple[int, int, int, str, bool]]:
+        """(key, bytes, serial, category, survives) of every storage live at the peak (or in `live`, e.g. at one
+        phase's peak). A storage that outlives the step takes its model-state category (from `categorize` after
+        the step, else before it); a temporary is `workspace` or `activations` by the phase that allocated it."""
+        for key, (nbytes, serial) in (self.peak_live if live is None else live).items():
             survives = self.live.get(key, (0, -1))[1] == serial
             category = after.get(key, before.get(key, ("activations", 0)))[0] if survives else "activations"
             if category == "activations":
@@ -94,7 +113,23 @@ def measure_peak_bytes_tracked(
 ) -> tuple[Any, TensorBytes]:
     """Run `fn` under a StorageTracker and return its result and the peak tensor bytes by category, with
     host-resident states named and the step phase of the peak."""
-    tracker = StorageTracker()
+    result, tracker, breakdown = _tracked(fn, state_tensors, by_phase=False)
+    return result, breakdown(None, tracker.peak_phase)
+
+
+def measure_phase_peaks_tracked(
+    fn: Callable[[], Any], state_tensors: Callable[[], StateTensors]
+) -> tuple[Any, dict[str | None, TensorBytes]]:
+    """Run `fn` under a StorageTracker and return its result and each step phase's own peak by category, in the
+    order the phases first allocated. The largest (the first of equals) is what measure_peak_bytes_tracked gives."""
+    result, tracker, breakdown = _tracked(fn, state_tensors, by_phase=True)
+    return result, {phase: breakdown(tracker.phase_live[phase], phase) for phase in tracker.phase_peaks}
+
+
+def _tracked(fn: Callable[[], Any], state_tensors: Callable[[], StateTensors], by_phase: bool
+             ) -> tuple[Any, StorageTracker, Callable[[dict | None, str | None], TensorBytes]]:
+    """Run `fn` under a tracker; return its result, the tracker, and the breakdown of a live set by category."""
+    tracker = StorageTracker(by_phase)
     states = state_tensors()
     before, host = categorize(states), host_keys(states)
     for tensors in states.values():
@@ -108,11 +143,14 @@ def measure_peak_bytes_tracked(
     after = categorize(states)
     host |= host_keys(states)
     del states
-    by_category = dict.fromkeys(CATEGORIES, 0)
-    on_host = dict.fromkeys(STATE_CATEGORIES, 0)
-    for key, nbytes, _, category, survives in tracker.peak_storages(before, after):
-        by_category[category] += nbytes
-        if survives and key in host:
-            on_host[category] += nbytes
-    return result, TensorBytes(**by_category, **host_fields(on_host), phase=tracker.peak_phase,
-                               method="storage-tracker")
+
+    def breakdown(live: dict | None, phase: str | None) -> TensorBytes:
+        by_category = dict.fromkeys(CATEGORIES, 0)
+        on_host = dict.fromkeys(STATE_CATEGORIES, 0)
+        for key, nbytes, _, category, survives in tracker.peak_storages(before, after, live):
+            by_category[category] += nbytes
+            if survives and key in host:
+                on_host[category] += nbytes
+        return TensorBytes(**by_category, **host_fields(on_host), phase=phase, method="storage-tracker")
+
+    return result, tracker, breakdown

@@ -1,0 +1,72 @@
+"""`revbench bench estimate`: how long `revbench estimate` takes to answer at paper scale, against the time of
+importing torch and transformers in the same run (what every estimate pays first).
+
+Each command runs as a fresh process, as a user runs it; the table gives its wall time, the ratio to the import
+and the issue's target for it. `--quick` leaves out the two long ones (every composition's fit and the paper-scale
+report); the report is rendered into a temporary directory with its figures cache cleared, so it computes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+POINT = ["--model", "qwen1.5-moe-a2.7b", "--batch", "8", "--seq", "4096", "--dtype", "bf16"]
+FIT = ["--fit", "--budget", "80GiB"]
+
+
+@dataclass(frozen=True)
+class Command:
+    label: str
+    args: list[str]
+    target: str  # the goal, in words
+    limit: float | None  # as a multiple of the import, or None where the goal is in seconds
+    limit_s: float | None = None
+    long: bool = False
+
+
+COMMANDS = (
+    Command("one composition, A2.7B full depth", ["estimate", *POINT, "--method", "checkpointing"],
+            "<= 1.5 x import", 1.5),
+    Command("--fit of the presets", ["estimate", *POINT, *FIT], "<= 10 x import", 10),
+    Command("--method combinations --fit", ["estimate", *POINT, "--method", "combinations", *FIT], "<= 180 s",
+            None, 180, long=True),
+    Command("report --paper-scale", ["report", "--paper-scale", "--out", "{out}"], "<= 60 s", None, 60, long=True),
+)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("estimate", help="wall time of `revbench estimate` at paper scale against an import")
+    parser.add_argument("--quick", action="store_true", help="leave out every composition's fit and the report")
+    parser.set_defaults(handler=handle)
+
+
+def wall(argv: list[str]) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode:
+        tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"`{' '.join(argv[2:])}` exited {done.returncode}: {tail[0]}")
+    return time.perf_counter() - start
+
+
+def handle(args: argparse.Namespace) -> int:
+    commands = [c for c in COMMANDS if not (args.quick and c.long)]
+    with tempfile.TemporaryDirectory() as out:
+        imported = wall([sys.executable, "-c", "import torch, transformers"])
+        print(f"`python -c \"import torch, transformers\"`: {imported:.1f} s on this machine")
+        print("| command | wall s | x import | target | met |")
+        print("|---|---|---|---|---|")
+        for command in commands:
+            argv = [a.format(out=Path(out) / "report") for a in command.args]
+            print(f"  running revbench {' '.join(argv)} ...", file=sys.stderr, flush=True)
+            seconds = wall([sys.executable, "-m", "revbench", *argv])
+            met = seconds <= (command.limit * imported if command.limit is not None else command.limit_s)
+            print(f"| {command.label} | {seconds:.1f} | {seconds / imported:.1f} | {command.target} | "
+                  f"{'yes' if met else 'no'} |", flush=True)
+    return 0

@@ -1,0 +1,122 @@
+"""Extrapolated estimates equal traced ones to the byte.
+
+Depth (estimate/depth.py): an estimate traced at 3, 4 and 5 layers and extrapolated equals a full trace at a depth
+it did not trace, for every composition the registries allow on tiny-qwen2-moe (loss `full`; `chunked` once per
+activation technique) and for the presets on the other families; both sides run in two processes (fake-tensor steps
+are Python-bound), about a minute and a half on 2 cores. Size (estimate/fit.py): the largest batch or sequence
+found from the phases' lines is the one a search without them finds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from revbench.estimate import fit_method, search_largest
+from revbench.estimate.depth import DEPTHS, EXTRAPOLATED, TRACED, affine, extrapolate, step_peak
+from revbench.estimate.fit import crossing
+from revbench.estimate.parallel import map_processes
+from revbench.estimate.session import Sessions, estimate_method
+from revbench.measure.categories import TensorBytes
+from revbench.methods import METHODS
+from revbench.methods.method import combinations
+from revbench.models import ModelSpec
+from revbench.spec import TrainSpec
+from revbench.workload import Workload
+
+LAYERS = 7  # past DEPTHS, and not one of them
+FAMILIES = ("tiny-qwen3-moe", "tiny-olmoe", "tiny-mixtral")
+
+
+def cases() -> list[tuple[str, str]]:
+    every = [c for c in combinations() if c.loss == "full"]
+    chunked = [c for c in combinations() if c.loss == "chunked" and c.states == "adamw-8bit-in-backward"]
+    return ([("tiny-qwen2-moe", c.name) for c in every + chunked]
+            + [(preset, name) for preset in FAMILIES for name in METHODS if name != "lora"])
+
+
+def spec(preset: str, name: str) -> TrainSpec:
+    return TrainSpec(model=ModelSpec(preset, layers=LAYERS), workload=Workload(batch=2, seq=64, data="synthetic"),
+                     options={"chunk_tokens": 32} if name.endswith("chunked") else {})
+
+
+def both(case: tuple[str, str]) -> tuple[str, str, dict, dict]:
+    """(preset, method, extrapolated estimate, full trace), each as its dict with the host figures beside it."""
+    preset, name = case
+    out = []
+    for extrapolated in (True, False):
+        e = estimate_method(name, spec(preset, name), "cuda", extrapolated)
+        out.append({**e.to_dict(), "host": e.host_bytes.to_dict() if e.host_bytes else None})
+    return preset, name, out[0], out[1]
+
+
+def test_extrapolated_estimates_equal_full_traces_to_the_byte() -> None:
+    results = map_processes(both, cases(), jobs=2)
+    assert len(results) >= 40
+    for preset, name, extrapolated, traced in results:
+        assert traced["status"] == "ok", (preset, name, traced["reason"])
+        assert (extrapolated["depth"], traced["depth"]) == (EXTRAPOLATED, TRACED), (preset, name,
+                                                                                  extrapolated["depth_note"])
+        differ = {k: (extrapolated[k], traced[k]) for k in traced if k not in ("depth", "seconds")
+                  and extrapolated[k] != traced[k]}
+        assert not differ, (preset, name, differ)
+
+
+def _bytes(activations: int, phase: str) -> TensorBytes:
+    return TensorBytes(params=100, grads=0, optimizer=200, activations=activations, method="t", phase=phase)
+
+
+def test_a_line_through_equally_spaced_depths_extrapolates_and_anything_else_does_not() -> None:
+    assert affine([10, 13, 16], DEPTHS, 24) == 16 + 3 * 19
+    assert affine([10, 13, 17], DEPTHS, 24) is None
+    grown = extrapolate([{"forward": _bytes(a, "forward"), "backward": _bytes(2 * a, "backward")}
+                         for a in (30, 40, 50)], DEPTHS, 10)
+    assert grown == {"forward": _bytes(100, "forward"), "backward": _bytes(200, "backward")}
+    assert step_peak(grown).phase == "backward"
+    bent = extrapolate([{"backward": _bytes(a, "backward")} for a in (30, 40, 51)], DEPTHS, 10)
+    assert bent == "backward activations is not affine in depth"
+    assert extrapolate([{"forward": _bytes(1, "forward")}, {}, {}], DEPTHS, 10) == \
+        "the step's phases differ between depths"
+
+
+def test_a_step_peak_takes_the_first_of_equal_phases() -> None:
+    assert step_peak({"backward": _bytes(50, "backward"), "optimizer": _bytes(50, "optimizer")}).phase == "backward"
+
+
+def test_layers_that_are_not_all_alike_are_traced_at_full_depth_and_say_why() -> None:
+    mixed = replace(spec("tiny-qwen3-moe", "standard"),
+                    model=ModelSpec("tiny-qwen3-moe", layers=LAYERS, config={"mlp_only_layers": [1]}))
+    estimate = Sessions(mixed, "cuda", extrapolate=True).estimate("standard", 2, 64)
+    assert (estimate.status, estimate.depth) == ("ok", TRACED)
+    assert estimate.depth_note == "some of its layers are dense (mlp_only_layers)"
+
+
+@pytest.mark.parametrize("layers", [DEPTHS[-1], sum(DEPTHS)])
+def test_shallow_stacks_are_traced_unless_asked(layers: int) -> None:
+    shallow = replace(spec("tiny-qwen2-moe", "standard"), model=ModelSpec("tiny-qwen2-moe", layers=layers))
+    assert estimate_method("standard", shallow).depth == TRACED
+
+
+def test_the_lines_cross_the_budget_where_the_first_phase_does() -> None:
+    phases = {n: {"forward": 10 * n, "backward": 100 + 20 * n, "optimizer": 150} for n in (2, 3, 4)}
+    assert crossing(phases, 250, 4096) == 7  # backward: 100 + 20 x 7 = 240
+    assert crossing(phases, 149, 4096) is None  # the optimizer is over at the first size
+    assert crossing({n: {"optimizer": 150} for n in (2, 3, 4)}, 200, 64) == 64  # nothing grows: the cap
+    assert crossing({2: {"backward": 1}, 3: {"backward": 2}, 4: {"backward": 4}}, 100, 64) is None
+
+
+@pytest.mark.parametrize(("name", "axis"), [
+    ("standard", "batch"), ("checkpoint+adamw-8bit-in-backward+chunked", "batch"), ("revexact", "batch"),
+    ("zero3-offload", "batch"), ("revffn", "seq")])
+def test_the_fit_from_the_lines_is_the_search_without_them(name: str, axis: str) -> None:
+    small = replace(spec("tiny-qwen2-moe", name), model=ModelSpec("tiny-qwen2-moe", layers=2))
+    sessions = Sessions(small, "cuda")
+
+    def peak_at(n: int) -> int:
+        return sessions.estimate(name, *((n, 64) if axis == "batch" else (2, n))).peak_bytes
+
+    budget = peak_at(5 if axis == "batch" else 200)
+    searched, _, _ = search_largest(peak_at, budget, 1 if axis == "batch" else 2, 4096)
+    fit = fit_method(name, small, budget, axis, cap=4096, sessions=sessions)
+    assert fit.largest == searched and fit.peak_bytes <= budget < fit.probes[fit.largest + 1]
