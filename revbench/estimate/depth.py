@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from revbench.measure.categories import TensorBytes
-from revbench.models.zoo import build_config
 from revbench.spec import TrainSpec
 
 DEPTHS = (3, 4, 5)
@@ -54,11 +53,11 @@ def uniform_layers(config: Any) -> str | None:
     return None
 
 
-def depth_reason(spec: TrainSpec) -> str | None:
-    """Why `spec`'s depth cannot be extrapolated, or None."""
+def depth_reason(spec: TrainSpec, config: Any) -> str | None:
+    """Why `spec`'s depth (its model's `config`) cannot be extrapolated, or None."""
     if spec.model.path is not None:
         return "a checkpoint's depth is its own"
-    return uniform_layers(build_config(spec.model))
+    return uniform_layers(config)
 
 
 def at_depth(spec: TrainSpec, layers: int) -> TrainSpec:
@@ -99,7 +98,7 @@ def step_peak(phases: PhasePeaks) -> TensorBytes:
 
 class DepthSession:
     """A session at the full depth whose steps are traced at DEPTHS and extrapolated (or, where they do not
-    extrapolate, traced at the full depth). `how` says which the last `peak` did."""
+    extrapolate, traced at the full depth). `how` says which the last `phase_peaks` did."""
 
     def __init__(self, open_at: Callable[[int], Session], layers: int, reason: str | None = None) -> None:
         """`reason`: why the layers cannot be extrapolated (see `depth_reason`), if known before any trace."""

@@ -206,12 +206,12 @@ def _probe_the_crossing(phases: Callable[[int], dict[str | None, int]], peak_at:
 
 
 def _phase_peaks(sessions: Sessions, name: str, spec: TrainSpec, axis: str, peak_at: Callable[[int], int],
-                 probes: dict[int, int], n: int) -> dict[str | None, int]:
+                 probes: dict[int, int], n: int) -> dict[str | None, int] | None:
     """Each phase's peak at size `n` (a probe, counted as one)."""
     if n not in probes:
         probes[n] = peak_at(n)
     workload = replace(spec.workload, **{axis: n})
-    return sessions.estimate(name, workload.batch, workload.seq).phase_peaks or {}
+    return sessions.estimate(name, workload.batch, workload.seq).phase_peaks  # set: peak_at raised otherwise
 
 
 class _NotEstimable(Exception):

@@ -62,11 +62,12 @@ def open_session(name: str, spec: TrainSpec, target: str, extrapolate: bool | No
     step deeper than the small depths together is traced at those and extrapolated (`extrapolate` None); True
     extrapolates any depth past them, False traces the full depth."""
     step = ZeroStep if parse_method(name).states in ZERO_STATES else MethodStep
-    layers = build_config(spec.model).num_hidden_layers
+    config = build_config(spec.model)
+    layers = config.num_hidden_layers
     wanted = layers > sum(DEPTHS) if extrapolate is None else extrapolate and layers > DEPTHS[-1]
     if not wanted:
         return step(name, spec, target)
-    return DepthSession(lambda depth: step(name, at_depth(spec, depth), target), layers, depth_reason(spec))
+    return DepthSession(lambda depth: step(name, at_depth(spec, depth), target), layers, depth_reason(spec, config))
 
 
 def _describe(exc: BaseException) -> str:

@@ -34,7 +34,6 @@ class Overrides:
 class ResolvedMethod:
     composition: Composition
     spec: TrainSpec
-    ranks: int = 1
 
     @property
     def name(self) -> str:
@@ -112,4 +111,4 @@ def resolve_method(method: str, spec: TrainSpec, overrides: Overrides | None = N
         techniques(composition, spec)
     except ImportError:
         pass  # a technique whose library is missing: its run's record says so
-    return ResolvedMethod(composition, spec, ranks)
+    return ResolvedMethod(composition, spec)
