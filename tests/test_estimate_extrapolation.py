@@ -1,6 +1,6 @@
 """Extrapolated estimates equal traced ones to the byte.
 
-Depth (estimate/depth.py): an estimate traced at 3, 4 and 5 layers and extrapolated equals a full trace at a depth
+Depth (estimate/depth.py): an estimate traced at three small depths and extrapolated equals a full trace at a depth
 it did not trace, for every composition the registries allow on tiny-qwen2-moe (loss `full`; `chunked` once per
 activation technique) and for the presets on the other families; both sides run in two processes (fake-tensor steps
 are Python-bound), about a minute and a half on 2 cores. Size (estimate/fit.py): the largest batch or sequence
@@ -14,18 +14,19 @@ from dataclasses import replace
 import pytest
 
 from revbench.estimate import fit_method, search_largest
-from revbench.estimate.depth import DEPTHS, EXTRAPOLATED, TRACED, affine, extrapolate, step_peak
-from revbench.estimate.fit import crossing
-from revbench.estimate.parallel import map_processes
+from revbench.estimate.depth import EXTRAPOLATE_PAST, EXTRAPOLATED, LADDER, RUNG, TRACED, affine, extrapolate, step_peak
+from revbench.estimate.fit import curve_crossing
 from revbench.estimate.session import Sessions, estimate_method
 from revbench.measure.categories import TensorBytes
 from revbench.methods import METHODS
 from revbench.methods.method import combinations
 from revbench.models import ModelSpec
+from revbench.processes import map_processes
 from revbench.spec import TrainSpec
 from revbench.workload import Workload
 
-LAYERS = 7  # past DEPTHS, and not one of them
+LAYERS = 7  # past the ladder, and not one of its depths
+DEPTHS = (3, 4, 5)
 FAMILIES = ("tiny-qwen3-moe", "tiny-olmoe", "tiny-mixtral")
 
 
@@ -58,7 +59,7 @@ def test_extrapolated_estimates_equal_full_traces_to_the_byte() -> None:
         assert traced["status"] == "ok", (preset, name, traced["reason"])
         assert (extrapolated["depth"], traced["depth"]) == (EXTRAPOLATED, TRACED), (preset, name,
                                                                                   extrapolated["depth_note"])
-        differ = {k: (extrapolated[k], traced[k]) for k in traced if k not in ("depth", "seconds")
+        differ = {k: (extrapolated[k], traced[k]) for k in traced if k not in ("depth", "depths", "seconds")
                   and extrapolated[k] != traced[k]}
         assert not differ, (preset, name, differ)
 
@@ -92,18 +93,19 @@ def test_layers_that_are_not_all_alike_are_traced_at_full_depth_and_say_why() ->
     assert estimate.depth_note == "some of its layers are dense (mlp_only_layers)"
 
 
-@pytest.mark.parametrize("layers", [DEPTHS[-1], sum(DEPTHS)])
+@pytest.mark.parametrize("layers", [LADDER[RUNG - 1], EXTRAPOLATE_PAST])
 def test_shallow_stacks_are_traced_unless_asked(layers: int) -> None:
     shallow = replace(spec("tiny-qwen2-moe", "standard"), model=ModelSpec("tiny-qwen2-moe", layers=layers))
     assert estimate_method("standard", shallow).depth == TRACED
 
 
-def test_the_lines_cross_the_budget_where_the_first_phase_does() -> None:
-    phases = {n: {"forward": 10 * n, "backward": 100 + 20 * n, "optimizer": 150} for n in (2, 3, 4)}
-    assert crossing(phases, 250, 4096) == 7  # backward: 100 + 20 x 7 = 240
-    assert crossing(phases, 149, 4096) is None  # the optimizer is over at the first size
-    assert crossing({n: {"optimizer": 150} for n in (2, 3, 4)}, 200, 64) == 64  # nothing grows: the cap
-    assert crossing({2: {"backward": 1}, 3: {"backward": 2}, 4: {"backward": 4}}, 100, 64) is None
+def test_the_curves_cross_the_budget_where_the_first_phase_does() -> None:
+    phases = {n: {"forward": 10 * n, "backward": 100 + 20 * n, "optimizer": 150} for n in (2, 3)}
+    assert curve_crossing(phases, 250, 2, 4096) == 7  # backward: 100 + 20 x 7 = 240
+    assert curve_crossing({n: {"optimizer": 150} for n in (2, 3)}, 200, 2, 64) == 64  # nothing grows: the top
+    squares = {n: {"backward": n * n} for n in (2, 10, 20)}  # a parabola through three sizes
+    assert curve_crossing(squares, 1000, 2, 4096) == 31  # 31^2 = 961, 32^2 = 1024
+    assert curve_crossing({2: {"backward": 4}}, 1000, 2, 4096) is None  # one size draws no curve
 
 
 @pytest.mark.parametrize(("name", "axis"), [

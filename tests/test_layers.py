@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1] / "revbench"
 # Lowest first. A package may import its own layer and those below; the orchestrator-level readers of records
 # (check, reports, quality, benchmarks) sit beside the orchestrator.
 LAYERS: list[tuple[str, ...]] = [
-    ("units", "ranks", "env", "measure", "records"),
+    ("units", "ranks", "env", "processes", "progress", "measure", "records"),
     ("workload", "models", "data", "pretrained", "spec"),
     ("activations", "states", "loss", "revffn", "revexact"),
     ("methods",),

@@ -187,3 +187,13 @@ def test_forward_keeps_a_fraction_of_checkpointing_s_bytes_per_layer() -> None:
     ours, theirs = kept("revexact", 3) - kept("revexact", 2), kept("checkpointing", 3) - kept("checkpointing", 2)
     side = 2 * 64 * 128 * 5 // 8  # k = 5 bits per element of one layer's hidden state
     assert side <= ours <= 0.5 * theirs and theirs >= 2 * 64 * 128 * 4  # checkpointing keeps a float32 input
+
+
+def test_the_checksum_does_not_depend_on_its_blocks() -> None:
+    """Blocks bound the int64 temporaries and the number of reductions; int64 sums wrap, so the value is one sum."""
+    from revbench.revexact.checksum import BLOCKS, CHUNK, Checksum, _weights
+
+    # BLOCKS blocks, each past CHUNK elements
+    stream = torch.randint(-(2**30), 2**30, (CHUNK * BLOCKS // 4, 8), dtype=torch.int32)
+    whole = (stream.to(torch.int64) * _weights(8, stream.device)).sum()
+    assert torch.equal(Checksum()(stream), whole)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from revbench.commands import estimate_gpus
 from revbench.commands.args import at_least_two, positive, size
+from revbench.processes import start_server
 from revbench.units import format_bytes
 
 if TYPE_CHECKING:  # torch, transformers and pandas are imported by the handler, not by `revbench --help`
@@ -74,10 +75,6 @@ def _methods(text: str) -> list[str]:
     return names
 
 
-def _progress(message: str) -> None:
-    print(f"  {message}", file=sys.stderr, flush=True)
-
-
 @dataclass
 class Row:
     """One method's answer: the estimate at the given size, and the fits when asked for."""
@@ -106,13 +103,18 @@ def json_row(context: dict[str, Any], row: Row, budget: int | None) -> dict[str,
         out[f"largest_{axis}"] = fit.largest if fit else None
         out[f"largest_{axis}_capped"] = fit.capped if fit else None
     out["reason"] = e.reason
-    out["depth"], out["depth_note"] = e.depth, e.depth_note  # "extrapolated" from small depths, or "traced"
+    # "extrapolated" from the small `depths`, or "traced"
+    out["depth"], out["depths"], out["depth_note"] = e.depth, list(e.depths), e.depth_note
     out["seconds"] = round(row.seconds, 2)
     return out
 
 
 def _size(nbytes: int | None) -> str:
     return "0" if nbytes == 0 else format_bytes(nbytes)
+
+
+def _depth(e: Estimate) -> str:
+    return f"{e.depth} ({'-'.join(map(str, e.depths))})" if e.depths else e.depth
 
 
 def _largest(fit: Fit | None) -> str:
@@ -137,19 +139,19 @@ def table(rows: list[Row], budget: int | None, batch: int, seq: int) -> pd.DataF
             line[f"max batch @ seq {seq}"] = _largest(row.fits["batch"])
         if "seq" in row.fits:
             line[f"max seq @ batch {batch}"] = _largest(row.fits["seq"])
-        line["depth"] = e.depth if device else "-"
+        line["depth"] = _depth(e) if device else "-"
         line["s"] = f"{row.seconds:.1f}"
         line["note"] = e.reason or e.depth_note or ""
         out.append(line)
     return pd.DataFrame(out).set_index("method")
 
 
-def estimate_row(name: str, spec: TrainSpec, args: argparse.Namespace) -> Row:
-    """One method's estimate and fits. A method's session serves all its probes; nothing is shared between
-    methods, so each can run in its own process."""
+def estimate_row(name: str, spec: TrainSpec, args: argparse.Namespace,
+                 progress: Callable[[str], None] | None = None) -> Row:
+    """One method's estimate and fits, each probe told to `progress`. A method's session serves all its probes;
+    nothing is shared between methods, so each can run in its own process."""
     from revbench.estimate import Sessions, fit_method
 
-    _progress(f"estimating {name} ...")
     start = time.perf_counter()
     sessions = Sessions(spec, args.device)
     estimate = sessions.estimate(name, args.batch, args.seq)
@@ -157,29 +159,50 @@ def estimate_row(name: str, spec: TrainSpec, args: argparse.Namespace) -> Row:
     if args.fit and estimate.status == "ok":
         for axis in AXES if args.fit == "both" else (args.fit,):
             seed = {getattr(args, axis): estimate.peak_bytes}  # the given size is a probe already made
-            fits[axis] = fit_method(name, spec, args.budget, axis, args.device, progress=_progress, probes=seed,
+            fits[axis] = fit_method(name, spec, args.budget, axis, args.device, progress=progress, probes=seed,
                                     sessions=sessions)
-    row = Row(estimate, fits, time.perf_counter() - start)
-    _progress(f"{name}: {estimate.status} in {row.seconds:.1f} s")
-    return row
+    return Row(estimate, fits, time.perf_counter() - start)
+
+
+def summary(row: Row) -> str:
+    """One line per method as it finishes: its peak, the sizes that fit and the probes it took."""
+    e = row.estimate
+    line = f"{e.method}: {e.status} in {row.seconds:.1f} s"
+    if e.status != "ok":
+        return f"{line}: {e.reason}"
+    line += f", device peak {format_bytes(e.peak_bytes)} in {e.tensor_bytes.phase}"
+    for axis, fit in row.fits.items():
+        line += f", largest {axis} {_largest(fit)} ({len(fit.probes)} probes)"
+    return line
 
 
 def estimate_rows(names: list[str], spec: TrainSpec, args: argparse.Namespace) -> list[Row]:
-    from revbench.estimate.parallel import map_processes
+    """Every method's row, one process each where there are several (their probes then go untold: the bar and a
+    line per finished method show the progress)."""
+    from revbench.processes import map_processes
+    from revbench.progress import ItemsProgress
 
-    return map_processes(functools.partial(estimate_row, spec=spec, args=args), names, args.jobs)
+    with ItemsProgress(f"estimating {len(names)} method{'s' if len(names) > 1 else ''}", len(names)) as bar:
+        here = len(names) == 1 or args.jobs == 1
+        row = functools.partial(estimate_row, spec=spec, args=args, progress=bar.note if here else None)
+        return map_processes(row, names, args.jobs, on_done=lambda done: bar.done(summary(done)))
 
 
 def handle(args: argparse.Namespace) -> int:
-    from revbench.estimate.depth import DEPTHS
+    if args.gpus is not None:
+        return estimate_gpus.handle(args)
+    if args.jobs != 1 and (args.method in (ALL_PRESETS, EVERY_COMBINATION) or "," in args.method):
+        start_server()  # the workers import torch and transformers while this process does
+    return estimate(args)
+
+
+def estimate(args: argparse.Namespace) -> int:
     from revbench.models import ModelSpec, build_config
     from revbench.models.dtypes import parse_dtype
     from revbench.models.validate import ShapeError, validate_model
     from revbench.spec import TrainSpec
     from revbench.workload import Workload
 
-    if args.gpus is not None:
-        return estimate_gpus.handle(args)
     args.batch = args.batch or 2
     names = _methods(args.method)
     if args.fit and args.budget is None:
@@ -213,7 +236,7 @@ def handle(args: argparse.Namespace) -> int:
              else "AdamW's per-parameter loop, as torch takes it on CPU")
     print(f"Categories are the device's; `peak in` is the step phase of the device peak. host: what DeepSpeed "
           f"offload keeps in host memory (fp32 master weights, gradients, Adam states). depth: extrapolated from "
-          f"traces at {', '.join(map(str, DEPTHS))} layers (each phase's peak and its categories exactly affine "
+          f"traces at three consecutive small depths, shown (each phase's peak and its categories exactly affine "
           f"there), or traced at the full depth. Wall time {wall:.1f} s. "
           f"Fake tensors run on the CPU device; byte counts are device-independent up to allocator rounding (CUDA "
           f"rounds each block up to 512 B); the {args.device} code path takes {adamw} unless the method says "

@@ -2,11 +2,12 @@
 last layers stand apart from the middle ones, each phase's peak, and each category at it, grows by the same bytes
 per layer.
 
-The step is traced at depths 3, 4 and 5 (revexact's layer 0 is a plain step, so 2 -> 3 is not yet a layer's
-worth). Per phase, every category at that phase's own peak must be exactly affine over the three: then it is
-extrapolated to the full depth, and the step's peak is the largest phase (the first of equals, as a trace takes
-it). Where any figure is not affine, or the layers are not all alike (`uniform_layers`), the full depth is traced,
-as before, and the estimate says which it did.
+The step is traced at three consecutive depths, lowest first: 1, 2 and 3. Per phase, every category at that phase's
+own peak must be exactly affine over the three: then it is extrapolated to the full depth, and the step's peak is the
+largest phase (the first of equals, as a trace takes it). Where a figure is not affine there (revexact's layer 0 is a
+plain step, so 1 -> 2 -> 3 is not yet a layer's worth each), the ladder climbs one depth at a time, up to 3, 4 and 5,
+and stays where it held for the next sizes. Where no rung holds, or the layers are not all alike
+(`uniform_layers`), the full depth is traced, as before, and the estimate says which it did.
 """
 
 from __future__ import annotations
@@ -14,17 +15,23 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from revbench.measure.categories import TensorBytes
 from revbench.spec import TrainSpec
 
-DEPTHS = (3, 4, 5)
+LADDER = (1, 2, 3, 4, 5)  # the small depths, traced three consecutive ones at a time
+RUNG = 3
+# Deeper stacks than this are extrapolated unless asked otherwise: the whole ladder costs fewer layers' traces.
+EXTRAPOLATE_PAST = sum(LADDER[-RUNG:])
 # The byte figures of TensorBytes, each extrapolated on its own.
 FIELDS = ("params", "grads", "optimizer", "workspace", "activations", "host_params", "host_grads", "host_optimizer")
 TRACED, EXTRAPOLATED = "traced", "extrapolated"
+# What a small depth may fail with and still leave the full depth to try (a bad spec, ValueError, propagates).
+STEP_ERRORS = (RuntimeError, NotImplementedError, TypeError, AssertionError)
 
 PhasePeaks = dict[str | None, TensorBytes]
+T = TypeVar("T")
 
 
 class Session(Protocol):
@@ -33,6 +40,7 @@ class Session(Protocol):
     parameters: int
     host: TensorBytes | None  # what the method keeps in host memory, whatever the batch
     how: str  # TRACED or EXTRAPOLATED, for the last phase_peaks
+    depths: tuple[int, ...]  # the small depths the last phase_peaks was extrapolated from; () where traced
     note: str | None  # why a deep stack was traced at its full depth
 
     def phase_peaks(self, batch: int, seq: int) -> PhasePeaks:
@@ -97,47 +105,85 @@ def step_peak(phases: PhasePeaks) -> TensorBytes:
 
 
 class DepthSession:
-    """A session at the full depth whose steps are traced at DEPTHS and extrapolated (or, where they do not
-    extrapolate, traced at the full depth). `how` says which the last `phase_peaks` did."""
+    """A session at the full depth whose steps are traced at three small depths and extrapolated (or, where no rung
+    of the ladder extrapolates, traced at the full depth). `how` says which the last `phase_peaks` did, and `depths`
+    which small depths it drew on."""
 
     def __init__(self, open_at: Callable[[int], Session], layers: int, reason: str | None = None) -> None:
         """`reason`: why the layers cannot be extrapolated (see `depth_reason`), if known before any trace."""
         self.open_at, self.layers = open_at, layers
+        self.small: dict[int, Session] = {}
+        self.traced: dict[tuple[int, int, int], PhasePeaks] = {}  # (depth, batch, seq): a rung shares two depths
+        self.first = LADDER[0]  # the lowest rung that has held so far
         self.full: Session | None = None
-        self.how = TRACED
+        self.how, self.depths = TRACED, ()
         self.note = reason  # why the last peak was traced at the full depth
-        if reason is not None:
-            self.parameters, self.host = self._full().parameters, self._full().host
-            return
-        self.small = [open_at(d) for d in DEPTHS]
-        parameters = affine([s.parameters for s in self.small], DEPTHS, layers)
-        self.host = _affine_bytes([s.host for s in self.small], layers)
-        if parameters is None or (self.small[0].host is not None and self.host is None):
-            self.note = "the parameter count or the host bytes are not affine in depth"
-            self.parameters, self.host = self._full().parameters, self._full().host
-        else:
-            self.parameters = parameters
+        if reason is None:
+            states = self._climb(self._model_states)
+            if not isinstance(states, str):
+                self.parameters, self.host = states
+                return
+            self.note = states
+        self.parameters, self.host = self._full().parameters, self._full().host
 
     def _full(self) -> Session:
         if self.full is None:
             self.full = self.open_at(self.layers)
-            self.small = []  # no longer needed: free their fake states
+            self.small, self.traced = {}, {}  # no longer needed: free their fake states
         return self.full
+
+    def _at(self, depth: int) -> Session:
+        if depth not in self.small:
+            self.small[depth] = self.open_at(depth)
+        return self.small[depth]
+
+    def _climb(self, extrapolate_at: Callable[[tuple[int, ...]], T | str]) -> T | str:
+        """The first rung from the lowest that held before whose traces extrapolate, or why none did."""
+        why = f"a stack of {self.layers} layers is within the ladder"
+        for first in range(self.first, LADDER[-1] - RUNG + 2):
+            depths = tuple(range(first, first + RUNG))
+            if depths[-1] >= self.layers:
+                break
+            try:
+                out = extrapolate_at(depths)
+            except STEP_ERRORS as exc:
+                out = f"at {depths[0]} layers: {type(exc).__name__}: {exc}"
+            if not isinstance(out, str):
+                self.first, self.depths = first, depths
+                for depth in [d for d in self.small if d < first]:  # rungs below are not climbed again
+                    del self.small[depth]
+                return out
+            why = out
+        return why
+
+    def _model_states(self, depths: tuple[int, ...]) -> tuple[int, TensorBytes | None] | str:
+        steps = [self._at(d) for d in depths]
+        parameters = affine([s.parameters for s in steps], depths, self.layers)
+        host = _affine_bytes([s.host for s in steps], depths, self.layers)
+        if parameters is None or (steps[0].host is not None and host is None):
+            return "the parameter count or the host bytes are not affine in depth"
+        return parameters, host
+
+    def _peaks(self, depth: int, batch: int, seq: int) -> PhasePeaks:
+        if (depth, batch, seq) not in self.traced:
+            self.traced[depth, batch, seq] = self._at(depth).phase_peaks(batch, seq)
+        return self.traced[depth, batch, seq]
 
     def phase_peaks(self, batch: int, seq: int) -> PhasePeaks:
         if self.full is None:
-            phases = extrapolate([s.phase_peaks(batch, seq) for s in self.small], DEPTHS, self.layers)
+            phases = self._climb(lambda depths: extrapolate([self._peaks(d, batch, seq) for d in depths], depths,
+                                                            self.layers))
             if not isinstance(phases, str):
                 self.how, self.note = EXTRAPOLATED, None
                 return phases
             self.note = phases
-        self.how = TRACED
+        self.how, self.depths = TRACED, ()
         return self._full().phase_peaks(batch, seq)
 
 
-def _affine_bytes(values: list[TensorBytes | None], layers: int) -> TensorBytes | None:
-    """Host bytes at `layers` from those at DEPTHS (None where there are none, or they are not affine)."""
+def _affine_bytes(values: list[TensorBytes | None], depths: tuple[int, ...], layers: int) -> TensorBytes | None:
+    """Host bytes at `layers` from those at `depths` (None where there are none, or they are not affine)."""
     if values[0] is None:
         return None
-    extrapolated = extrapolate([{None: v} for v in values], DEPTHS, layers)
+    extrapolated = extrapolate([{None: v} for v in values], depths, layers)
     return None if isinstance(extrapolated, str) else extrapolated[None]

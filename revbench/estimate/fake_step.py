@@ -114,7 +114,7 @@ class MethodStep:
     """A method prepared once on fake tensors and warmed up (its optimizer state exists), then stepped at any
     batch and sequence length: the model states do not depend on them, so one build serves every probe."""
 
-    how, note = TRACED, None  # at the depth it was built with
+    how, depths, note = TRACED, (), None  # at the depth it was built with
 
     def __init__(self, name: str, spec: TrainSpec, target: str) -> None:
         self.spec = target_spec(name, spec, target)

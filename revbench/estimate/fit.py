@@ -5,13 +5,13 @@ fake-tensor activations), never a formula: a formula only chooses which sizes to
 with batch and sequence length, so the answer is the size `n` with peak(n) <= budget < peak(n + 1), both
 probed.
 
-First, three consecutive sizes from the given one: where each step phase's own peak is affine over them (at a
-fixed sequence length every byte a phase holds grows by the same amount per sample), the lines' first crossing of
-the budget is the answer, and the crossing and its neighbour are probed to prove it. Where that does not hold
-(a phase curves, as attention's S x S terms do in the sequence length), the search grows until a probe fails, then
-narrows the bracket by linear interpolation (the peak is piecewise affine in either size), probing each
-interpolated guess's neighbour at once, since on an affine stretch the guess is the answer; it bisects when
-interpolation stalls. Every probe made before carries into the search.
+First, a few rounds of interpolation on each step phase's own peak: through the probes nearest the budget, a line
+(two sizes) or a parabola (three) per phase (at a fixed sequence length every byte a phase holds grows by the same
+amount per sample; in the sequence length attention's and the loss's terms may curve), and the size where the first
+phase crosses the budget is probed with its neighbour on the other side. On an affine stretch that is the answer,
+proved by the pair. Where it is not, the search grows until a probe fails, then narrows the bracket by linear
+interpolation (the peak is piecewise affine in either size), probing each interpolated guess's neighbour at once; it
+bisects when interpolation stalls. Every probe made before carries into the search.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from fractions import Fraction
 from typing import Any
 
 from revbench.estimate.session import Estimate, Sessions
@@ -31,6 +32,9 @@ AXES = ("batch", "seq")
 # While the peak is flat (the optimizer step, not the activations, sets it), sizes grow this much a probe:
 # a fake step costs the same at any size, so fewer, farther probes are cheaper.
 GROWTH = 4
+# Rounds of probing where the phases' curves cross the budget before the search takes over.
+ROUNDS = 4
+PARABOLA = 3  # the sizes a parabola is drawn through
 
 
 @dataclass
@@ -129,21 +133,51 @@ def search_largest(peak_at: Callable[[int], int], budget: int, start: int, cap: 
     return lo, False, probes
 
 
-def crossing(phases: dict[int, dict[str | None, int]], budget: int, cap: int) -> int | None:
-    """The largest size at which no phase's peak passes `budget`, from each phase's line through three consecutive
-    sizes (`cap` where none grows past it); None where a phase is not affine there or already over at the first."""
+def curve_crossing(phases: dict[int, dict[str | None, int]], budget: int, lo: int, top: int) -> int | None:
+    """The largest size in [lo, top] at which no phase's curve through the probed `phases` (size -> each phase's
+    peak) passes `budget`: a line through two sizes, a parabola through three. `lo` is a probed size that fits.
+    A parabola that bends down (a peak that changes piece between the sizes, not a curve) gives way to the line
+    through `lo` and its nearest neighbour. None where fewer than two sizes are given. The curves only choose which
+    size to probe next."""
     sizes = sorted(phases)
-    largest = cap
-    for phase in phases[sizes[0]]:
-        values = [phases[n].get(phase) for n in sizes]
-        if None in values or values[0] > budget:
-            return None
-        slope = values[1] - values[0]
-        if values[2] - values[1] != slope:
-            return None
-        if slope > 0:
-            largest = min(largest, sizes[-1] + (budget - values[-1]) // slope)
-    return largest
+    if len(sizes) < 2:
+        return None
+    above = [n for n in sizes if n > lo]
+    pair = [lo, above[0]] if above else [max(n for n in sizes if n < lo), lo]
+    curves = []
+    for name in (p for p in phases[sizes[0]] if all(p in phases[n] for n in sizes)):
+        values = [phases[n][name] for n in sizes]
+        if len(sizes) > 2 and _through(sizes, values, 0, derivative=2) < 0:
+            curves.append((pair, [phases[n][name] for n in pair]))
+        else:
+            curves.append((sizes, values))
+
+    def fits(n: int) -> bool:
+        return all(_through(xs, ys, n) <= budget for xs, ys in curves)
+
+    if fits(top):
+        return top
+    below, over = lo, top  # fits(below), not fits(over): the peak grows with the size
+    while over - below > 1:
+        middle = (below + over) // 2
+        below, over = (middle, over) if fits(middle) else (below, middle)
+    return below
+
+
+def _through(xs: list[int], ys: list[int], x: int, derivative: int = 0) -> Fraction:
+    """The polynomial through the points (xs, ys), at x (Lagrange's form, exact); with `derivative` 2, its second
+    derivative (constant for three points: the parabola's curvature)."""
+    if derivative == 2:
+        (x0, x1, x2), (y0, y1, y2) = xs, ys
+        return 2 * (Fraction(y2 - y1, x2 - x1) - Fraction(y1 - y0, x1 - x0)) / (x2 - x0)
+    total = Fraction(0)
+    for i, (xi, yi) in enumerate(zip(xs, ys, strict=True)):
+        term = Fraction(yi)
+        for j, xj in enumerate(xs):
+            if j != i:
+                term *= Fraction(x - xj, xi - xj)
+        total += term
+    return total
 
 
 def fit_method(name: str, spec: TrainSpec, budget: int, axis: str = "batch", target: str = "cuda",
@@ -177,32 +211,43 @@ def fit_method(name: str, spec: TrainSpec, budget: int, axis: str = "batch", tar
     probes = probes if probes is not None else {}
     try:
         phases = functools.partial(_phase_peaks, sessions, name, spec, axis, peak_at, probes)
-        _probe_the_crossing(phases, peak_at, probes, budget, getattr(spec.workload, axis), start, cap)
+        _interpolate(phases, functools.partial(_fits, peak_at, probes, budget), probes, budget,
+                     getattr(spec.workload, axis), start, cap)
         result.largest, result.capped, result.probes = search_largest(peak_at, budget, start, cap, probes)
     except _NotEstimable:
         result.reason = failure[0].reason
     return result
 
 
-def _probe_the_crossing(phases: Callable[[int], dict[str | None, int]], peak_at: Callable[[int], int],
-                        probes: dict[int, int], budget: int, given: int, start: int, cap: int) -> None:
-    """Probe where the phases' lines through three consecutive sizes cross the budget, and its neighbour: from the
-    given size where it fits (the lines start near the answer), else from the smallest."""
+def _interpolate(phases: Callable[[int], dict[str | None, int]], fits: Callable[[int], bool],
+                 probes: dict[int, int], budget: int, given: int, start: int, cap: int) -> None:
+    """Probe where the phases' curves through the probes nearest the budget cross it, a few rounds, from the given
+    size and the smallest (or, where the given is the smallest, the next); once a parabola crosses inside the
+    bracket, with the guess's neighbour on the other side. On an affine stretch that pair ends the search."""
     first = min(max(given, start), cap)
-    for n in (first, start):
-        if n not in probes:
-            probes[n] = peak_at(n)
-        if probes[n] <= budget:
-            break
-    else:
+    if not fits(first) and (first == start or not fits(start)):
         return  # nothing fits
-    first = first if probes[first] <= budget else start
-    if first + 2 > cap:
-        return
-    guess = crossing({n: phases(n) for n in range(first, first + 3)}, budget, cap)
-    for n in () if guess is None else (guess, guess + 1):
-        if start <= n <= cap and n not in probes:
-            probes[n] = peak_at(n)
+    if len(probes) < 2 and first < cap:
+        fits(start if first > start else start + 1)
+    for _ in range(ROUNDS):
+        lo = max(n for n in probes if start <= n <= cap and probes[n] <= budget)
+        hi = min((n for n in probes if n > lo and probes[n] > budget), default=None)
+        if (hi or cap + 1) - lo <= 1:
+            return
+        near = sorted((n for n in probes if n >= start), key=lambda n: (n not in (lo, hi), abs(n - lo)))[:3]
+        # Past the largest probe the curves only grow GROWTH-fold a round: a probe far out may cost many times one
+        # near (the chunked loss's steps grow with the tokens).
+        top = hi - 1 if hi else min(cap, GROWTH * lo)
+        guess = curve_crossing({n: phases(n) for n in near}, budget, lo, top)
+        if guess is None or guess == lo:
+            guess = lo + 1  # the curves say lo is the answer: its neighbour proves it
+        if guess in probes:
+            return
+        # A line through two far sizes only starts a curve, and a curve drawn past every probe only guesses; a
+        # parabola's crossing inside the bracket is worth proving at once.
+        side = guess + 1 if fits(guess) else guess - 1
+        if len(near) == PARABOLA and hi is not None and lo < side < hi and side not in probes:
+            fits(side)
 
 
 def _phase_peaks(sessions: Sessions, name: str, spec: TrainSpec, axis: str, peak_at: Callable[[int], int],
@@ -212,6 +257,12 @@ def _phase_peaks(sessions: Sessions, name: str, spec: TrainSpec, axis: str, peak
         probes[n] = peak_at(n)
     workload = replace(spec.workload, **{axis: n})
     return sessions.estimate(name, workload.batch, workload.seq).phase_peaks  # set: peak_at raised otherwise
+
+
+def _fits(peak_at: Callable[[int], int], probes: dict[int, int], budget: int, n: int) -> bool:
+    if n not in probes:
+        probes[n] = peak_at(n)
+    return probes[n] <= budget
 
 
 class _NotEstimable(Exception):

@@ -11,7 +11,17 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from revbench.estimate.depth import DEPTHS, TRACED, DepthSession, Session, at_depth, depth_reason, step_peak
+from revbench.estimate.depth import (
+    EXTRAPOLATE_PAST,
+    LADDER,
+    RUNG,
+    TRACED,
+    DepthSession,
+    Session,
+    at_depth,
+    depth_reason,
+    step_peak,
+)
 from revbench.estimate.fake_step import MethodStep
 from revbench.estimate.zero_step import ZERO_STATES, ZeroStep
 from revbench.measure.categories import TensorBytes
@@ -33,6 +43,7 @@ class Estimate:
     parameters: int | None = None  # the model's parameter count, trainable or not
     host_bytes: TensorBytes | None = None
     depth: str = TRACED  # or EXTRAPOLATED from traces at a few small depths (estimate/depth.py)
+    depths: tuple[int, ...] = ()  # those depths
     phase_peaks: dict[str | None, int] | None = None  # each step phase's own device peak, in the order they ran
     depth_note: str | None = None  # why a deep stack was traced at its full depth
 
@@ -52,19 +63,19 @@ class Estimate:
             if self.tensor_bytes else {}
         return {"method": self.method, "status": self.status, "peak_bytes": self.peak_bytes,
                 "host_peak_bytes": self.host_peak_bytes, **categories, "parameters": self.parameters,
-                "reason": self.reason, "depth": self.depth, "depth_note": self.depth_note,
+                "reason": self.reason, "depth": self.depth, "depths": list(self.depths), "depth_note": self.depth_note,
                 "seconds": round(self.seconds, 2)}
 
 
 def open_session(name: str, spec: TrainSpec, target: str, extrapolate: bool | None = None) -> Session:
     """The session that estimates `name`: DeepSpeed's layout model for the ZeRO offload model states, fake tensors
     otherwise (LoRA through a meta-device build, 8-bit AdamW through bitsandbytes' state layout). A fake-tensor
-    step deeper than the small depths together is traced at those and extrapolated (`extrapolate` None); True
-    extrapolates any depth past them, False traces the full depth."""
+    step deeper than EXTRAPOLATE_PAST layers is traced at small depths and extrapolated (`extrapolate` None); True
+    extrapolates any depth past the ladder's first rung, False traces the full depth."""
     step = ZeroStep if parse_method(name).states in ZERO_STATES else MethodStep
     config = build_config(spec.model)
     layers = config.num_hidden_layers
-    wanted = layers > sum(DEPTHS) if extrapolate is None else extrapolate and layers > DEPTHS[-1]
+    wanted = layers > EXTRAPOLATE_PAST if extrapolate is None else extrapolate and layers > LADDER[RUNG - 1]
     if not wanted:
         return step(name, spec, target)
     return DepthSession(lambda depth: step(name, at_depth(spec, depth), target), layers, depth_reason(spec, config))
@@ -117,7 +128,7 @@ class Sessions:
             return Estimate(name, "error", reason=_describe(exc), seconds=time.perf_counter() - start)
         return Estimate(name, "ok", tensor_bytes=step_peak(phases), host_bytes=session.host,
                         seconds=time.perf_counter() - start, parameters=session.parameters,
-                        depth=session.how, depth_note=session.note,
+                        depth=session.how, depths=session.depths, depth_note=session.note,
                         phase_peaks={phase: b.total for phase, b in phases.items()})
 
 

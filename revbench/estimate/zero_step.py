@@ -71,7 +71,7 @@ def zero_config(states: ZeroOffload, model: torch.nn.Module) -> dict[str, Any]:
 class ZeroStep:
     """A ZeRO offload method's model, built once on fake tensors with its layout, stepped at any batch and seq."""
 
-    how, note = TRACED, None  # at the depth it was built with
+    how, depths, note = TRACED, (), None  # at the depth it was built with
 
     def __init__(self, name: str, spec: TrainSpec, target: str) -> None:
         self.spec = target_spec(name, spec, target)

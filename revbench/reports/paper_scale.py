@@ -129,7 +129,8 @@ def _fingerprint(point: Point) -> dict[str, Any]:
 
 def compute(point: Point, cache: Path, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Every composition's curve, from the cache when it matches, else computed (one process per CPU)."""
-    from revbench.estimate.parallel import map_processes
+    from revbench.processes import map_processes
+    from revbench.progress import ItemsProgress
 
     fingerprint = _fingerprint(point)
     figures = json.loads(cache.read_text()) if cache.is_file() else {}
@@ -137,9 +138,11 @@ def compute(point: Point, cache: Path, progress: Callable[[str], None] | None = 
         return figures
     if progress:
         progress(f"estimating {len(point.combinations)} compositions at {len(point.batches)} batches "
-                 f"(several minutes on 2 cores; cached in {cache})")
+                 f"(about five minutes on 2 cores; cached in {cache})")
     start = time.perf_counter()
-    curves = map_processes(functools.partial(curve, point=point), point.combinations)
+    with ItemsProgress(f"estimating {len(point.combinations)} compositions", len(point.combinations)) as bar:
+        curves = map_processes(functools.partial(curve, point=point), point.combinations,
+                               on_done=lambda c: bar.done(f"{c['method']}: {c['seconds']} s"))
     figures = {"fingerprint": fingerprint, "seconds": round(time.perf_counter() - start, 1), "curves": curves}
     cache.write_text(json.dumps(figures, indent=1))
     return figures

@@ -2,7 +2,9 @@
 
 sum_i x_i * w_i over int64 (wrapping), with odd per-feature weights w: a change of 2^b * e (e odd) in one element
 changes the sum by 2^b * e * w_i, which is non-zero modulo 2^64 for b < 64. Computed over blocks of rows, so its
-int64 temporaries stay near CHUNK elements whatever the batch; one scalar is kept per layer.
+int64 temporaries stay near CHUNK elements, or 1/BLOCKS of the stream where that is larger: a long sequence then takes
+BLOCKS small reductions rather than thousands (each a kernel launch on a GPU, and an op an estimate traces). One
+scalar is kept per layer.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import torch
 
 _SEED = 0x5EED
-CHUNK = 1 << 16  # elements per block
+CHUNK = 1 << 16  # elements per block, at least
+BLOCKS = 64  # blocks per checksum, at most
 
 
 def _weights(width: int, device: torch.device) -> torch.Tensor:
@@ -28,6 +31,6 @@ class Checksum:
             self._weights[key] = _weights(*key)
         w = self._weights[key]
         rows = x.reshape(-1, x.shape[-1])
-        step = max(1, CHUNK // x.shape[-1])
+        step = max(1, CHUNK // x.shape[-1], -(-rows.shape[0] // BLOCKS))
         return sum(((block.to(torch.int64) * w).sum() for block in rows.split(step)),
                    torch.zeros((), dtype=torch.int64, device=x.device))
