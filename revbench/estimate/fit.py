@@ -147,7 +147,7 @@ def curve_crossing(phases: dict[int, dict[str | None, int]], budget: int, lo: in
     curves = []
     for name in (p for p in phases[sizes[0]] if all(p in phases[n] for n in sizes)):
         values = [phases[n][name] for n in sizes]
-        if len(sizes) > 2 and _through(sizes, values, 0, derivative=2) < 0:
+        if len(sizes) > 2 and _curvature(sizes, values) < 0:
             curves.append((pair, [phases[n][name] for n in pair]))
         else:
             curves.append((sizes, values))
@@ -164,12 +164,14 @@ def curve_crossing(phases: dict[int, dict[str | None, int]], budget: int, lo: in
     return below
 
 
-def _through(xs: list[int], ys: list[int], x: int, derivative: int = 0) -> Fraction:
-    """The polynomial through the points (xs, ys), at x (Lagrange's form, exact); with `derivative` 2, its second
-    derivative (constant for three points: the parabola's curvature)."""
-    if derivative == 2:
-        (x0, x1, x2), (y0, y1, y2) = xs, ys
-        return 2 * (Fraction(y2 - y1, x2 - x1) - Fraction(y1 - y0, x1 - x0)) / (x2 - x0)
+def _curvature(xs: list[int], ys: list[int]) -> Fraction:
+    """The second derivative of the parabola through three points (twice its leading coefficient)."""
+    (x0, x1, x2), (y0, y1, y2) = xs, ys
+    return 2 * (Fraction(y2 - y1, x2 - x1) - Fraction(y1 - y0, x1 - x0)) / (x2 - x0)
+
+
+def _through(xs: list[int], ys: list[int], x: int) -> Fraction:
+    """The polynomial through the points (xs, ys), at x (Lagrange's form, exact)."""
     total = Fraction(0)
     for i, (xi, yi) in enumerate(zip(xs, ys, strict=True)):
         term = Fraction(yi)
@@ -253,16 +255,20 @@ def _interpolate(phases: Callable[[int], dict[str | None, int]], fits: Callable[
 def _phase_peaks(sessions: Sessions, name: str, spec: TrainSpec, axis: str, peak_at: Callable[[int], int],
                  probes: dict[int, int], n: int) -> dict[str | None, int] | None:
     """Each phase's peak at size `n` (a probe, counted as one)."""
-    if n not in probes:
-        probes[n] = peak_at(n)
+    _probe(peak_at, probes, n)
     workload = replace(spec.workload, **{axis: n})
     return sessions.estimate(name, workload.batch, workload.seq).phase_peaks  # set: peak_at raised otherwise
 
 
-def _fits(peak_at: Callable[[int], int], probes: dict[int, int], budget: int, n: int) -> bool:
+def _probe(peak_at: Callable[[int], int], probes: dict[int, int], n: int) -> int:
+    """The peak at `n`, probed once."""
     if n not in probes:
         probes[n] = peak_at(n)
-    return probes[n] <= budget
+    return probes[n]
+
+
+def _fits(peak_at: Callable[[int], int], probes: dict[int, int], budget: int, n: int) -> bool:
+    return _probe(peak_at, probes, n) <= budget
 
 
 class _NotEstimable(Exception):
