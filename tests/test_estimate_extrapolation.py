@@ -16,7 +16,7 @@ import pytest
 from revbench.estimate import fit_method, search_largest
 from revbench.estimate.depth import EXTRAPOLATE_PAST, EXTRAPOLATED, LADDER, RUNG, TRACED, affine, extrapolate, step_peak
 from revbench.estimate.fit import curve_crossing
-from revbench.estimate.session import Sessions, estimate_method
+from revbench.estimate.session import Estimate, Sessions, estimate_method
 from revbench.measure.categories import TensorBytes
 from revbench.methods import METHODS
 from revbench.methods.method import combinations
@@ -122,3 +122,47 @@ def test_the_fit_from_the_lines_is_the_search_without_them(name: str, axis: str)
     searched, _, _ = search_largest(peak_at, budget, 1 if axis == "batch" else 2, 4096)
     fit = fit_method(name, small, budget, axis, cap=4096, sessions=sessions)
     assert fit.largest == searched and fit.peak_bytes <= budget < fit.probes[fit.largest + 1]
+
+
+@pytest.mark.parametrize(("name", "axis"), [
+    ("checkpoint+adamw-8bit-in-backward+chunked", "batch"), ("revexact", "batch"), ("revffn", "seq")])
+def test_a_fit_from_guesses_is_the_search_of_full_estimates(name: str, axis: str) -> None:
+    """At a depth past the ladder the fit probes with guesses (two depths, unchecked); its answer is the search's
+    over full estimates, and the pair that proves it is made of full estimates."""
+    deep = spec("tiny-qwen2-moe", name)
+    sessions = Sessions(deep, "cuda", extrapolate=True)
+
+    def size(n: int) -> tuple[int, int]:
+        return (n, 64) if axis == "batch" else (2, n)
+
+    def peak_at(n: int) -> int:
+        return sessions.estimate(name, *size(n)).peak_bytes
+
+    budget = peak_at(5 if axis == "batch" else 200)
+    searched, _, _ = search_largest(peak_at, budget, 1 if axis == "batch" else 2, 4096)
+    fit = fit_method(name, deep, budget, axis, cap=4096, sessions=Sessions(deep, "cuda", extrapolate=True))
+    assert fit.largest == searched
+    assert fit.probes[fit.largest] == peak_at(fit.largest) <= budget < fit.probes[fit.largest + 1] == \
+        peak_at(fit.largest + 1)
+
+
+class OptimisticGuesses(Sessions):
+    """Sessions whose guesses say a size takes 10 % less than it does: a rung that stopped holding."""
+
+    def __init__(self) -> None:
+        super().__init__(spec("tiny-qwen2-moe", "standard"), "cuda")
+        self.calls: list[tuple[int, bool]] = []
+
+    def estimate(self, name: str, batch: int, seq: int, guess: bool = False) -> Estimate:
+        self.calls.append((batch, guess))
+        peak = 1000 + 100 * batch - (10 * batch if guess else 0)
+        return Estimate(name, "ok", tensor_bytes=TensorBytes(0, 0, 0, peak, "stand-in", phase="backward"),
+                        phase_peaks={"backward": peak})
+
+
+def test_a_guess_that_is_off_at_the_answer_sends_the_search_to_full_estimates() -> None:
+    sessions = OptimisticGuesses()
+    fit = fit_method("standard", sessions.spec, 2000, "batch", cap=64, sessions=sessions)
+    assert fit.largest == 10  # 1000 + 100 x 10 = 2000; the guesses would say 11 (1990)
+    assert fit.probes == {n: 1000 + 100 * n for n in fit.probes}  # no guess is left among the probes
+    assert (11, False) in sessions.calls and any(guess for _, guess in sessions.calls)

@@ -5,7 +5,7 @@ per layer.
 The step is traced at three consecutive depths, lowest first: 1, 2 and 3. Per phase, every category at that phase's
 own peak must be exactly affine over the three: then it is extrapolated to the full depth, and the step's peak is the
 largest phase (the first of equals, as a trace takes it). Where a figure is not affine there (revexact's layer 0 is a
-plain step, so 1 -> 2 -> 3 is not yet a layer's worth each), the ladder climbs one depth at a time, up to 3, 4 and 5,
+plain step, so 1 -> 2 -> 3 is not yet a layer's worth each), the ladder climbs one depth at a time, up to 4, 5 and 6,
 and stays where it held for the next sizes. Where no rung holds, or the layers are not all alike
 (`uniform_layers`), the full depth is traced, as before, and the estimate says which it did.
 """
@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 from revbench.measure.categories import TensorBytes
 from revbench.spec import TrainSpec
 
-LADDER = (1, 2, 3, 4, 5)  # the small depths, traced three consecutive ones at a time
+LADDER = (1, 2, 3, 4, 5, 6)  # the small depths, traced three consecutive ones at a time
 RUNG = 3
 # Deeper stacks than this are extrapolated unless asked otherwise: the whole ladder costs fewer layers' traces.
 EXTRAPOLATE_PAST = sum(LADDER[-RUNG:])
@@ -179,6 +179,19 @@ class DepthSession:
             self.note = phases
         self.how, self.depths = TRACED, ()
         return self._full().phase_peaks(batch, seq)
+
+    def guess_peaks(self, batch: int, seq: int) -> PhasePeaks:
+        """Each phase's peak on the line through the lower two depths of the rung that held last, unchecked: what
+        the three would give wherever the rung still holds, for a third less tracing. A fit's guesses take it; the
+        sizes of its answer are checked. Where no rung holds, the full estimate."""
+        if self.full is not None or self.how != EXTRAPOLATED:
+            return self.phase_peaks(batch, seq)
+        depths = self.depths[:2]
+        try:
+            phases = extrapolate([self._peaks(d, batch, seq) for d in depths], depths, self.layers)
+        except STEP_ERRORS:
+            phases = "a small depth failed"
+        return self.phase_peaks(batch, seq) if isinstance(phases, str) else phases
 
 
 def _affine_bytes(values: list[TensorBytes | None], depths: tuple[int, ...], layers: int) -> TensorBytes | None:

@@ -12,6 +12,10 @@ phase crosses the budget is probed with its neighbour on the other side. On an a
 proved by the pair. Where it is not, the search grows until a probe fails, then narrows the bracket by linear
 interpolation (the peak is piecewise affine in either size), probing each interpolated guess's neighbour at once; it
 bisects when interpolation stalls. Every probe made before carries into the search.
+
+Where the estimate is extrapolated in depth, the search's probes are guesses drawn from two depths of the ladder
+(a third fewer traces, unchecked); the answer's pair is estimated in full, and if a guess there was off, the
+search runs again on full estimates.
 """
 
 from __future__ import annotations
@@ -187,7 +191,11 @@ def fit_method(name: str, spec: TrainSpec, budget: int, axis: str = "batch", tar
                probes: dict[int, int] | None = None, sessions: Sessions | None = None) -> Fit:
     """Find the largest batch (at the spec's seq) or seq (at its batch) of `name` under `budget` bytes.
     `probes` carries earlier probes of the same method, spec and axis in, and this search's out; `sessions`
-    (of the same spec and target) shares the built methods between searches."""
+    (of the same spec and target) shares the built methods between searches.
+
+    The search probes with guesses (`Sessions.estimate(guess=True)`: two depths of the ladder, unchecked); the
+    answer's pair is then estimated in full, and where a guess there was off, the search runs again on full
+    estimates alone."""
     if axis not in AXES:
         raise ValueError(f"unknown fit axis {axis!r}; choose one of {', '.join(AXES)}")
     if cap is None:  # sequences stop at the model's positions; batches at a size no GPU holds
@@ -195,30 +203,61 @@ def fit_method(name: str, spec: TrainSpec, budget: int, axis: str = "batch", tar
     result = Fit(name, axis, budget)
     failure: list[Estimate] = []
     sessions = sessions or Sessions(spec, target)
+    probes = probes if probes is not None else {}
+    checked = set(probes)  # sizes whose probe is a full estimate (the seeds are)
 
-    def peak_at(n: int) -> int:
+    def estimate_at(n: int, guess: bool) -> Estimate:
         workload = replace(spec.workload, **{axis: n})
-        estimate = sessions.estimate(name, workload.batch, workload.seq)
-        result.seconds += estimate.seconds
-        result.host_bytes = estimate.host_peak_bytes
-        if progress:
-            outcome = format_bytes(estimate.peak_bytes) if estimate.status == "ok" else estimate.status
-            progress(f"{name}: {axis} {n} -> {outcome}")
+        estimate = sessions.estimate(name, workload.batch, workload.seq, guess)
         if estimate.peak_bytes is None:
             failure.append(estimate)
             raise _NotEstimable
+        return estimate
+
+    def peak_at(n: int, guess: bool) -> int:
+        estimate = estimate_at(n, guess)
+        result.seconds += estimate.seconds
+        result.host_bytes = estimate.host_peak_bytes
+        if not guess:
+            checked.add(n)
+        if progress:
+            progress(f"{name}: {axis} {n} -> {format_bytes(estimate.peak_bytes)}{' (guess)' if guess else ''}")
         return estimate.peak_bytes
 
+    def search(guess: bool) -> tuple[int | None, bool]:
+        peak = functools.partial(peak_at, guess=guess)
+        fits = functools.partial(_fits, peak, probes, budget)
+
+        def phases(n: int) -> dict[str | None, int]:
+            _probe(peak, probes, n)
+            return estimate_at(n, guess).phase_peaks  # set: estimate_at raised otherwise
+
+        _interpolate(phases, fits, probes, budget, getattr(spec.workload, axis), start, cap)
+        largest, capped, _ = search_largest(peak, budget, start, cap, probes)
+        return largest, capped
+
     start = 1 if axis == "batch" else 2
-    probes = probes if probes is not None else {}
     try:
-        phases = functools.partial(_phase_peaks, sessions, name, spec, axis, peak_at, probes)
-        _interpolate(phases, functools.partial(_fits, peak_at, probes, budget), probes, budget,
-                     getattr(spec.workload, axis), start, cap)
-        result.largest, result.capped, result.probes = search_largest(peak_at, budget, start, cap, probes)
+        result.largest, result.capped = search(guess=True)
+        full = {n: peak_at(n, guess=False) for n in sorted(_answer(result.largest, result.capped, start, cap))
+                if n not in checked}
+        off = any(probes[n] != peak for n, peak in full.items())
+        probes.update(full)
+        if off:
+            for n in set(probes) - checked:
+                del probes[n]
+            result.largest, result.capped = search(guess=False)
     except _NotEstimable:
         result.reason = failure[0].reason
+    result.probes = probes
     return result
+
+
+def _answer(largest: int | None, capped: bool, start: int, cap: int) -> set[int]:
+    """The sizes whose probes prove a search's answer: the largest that fits and the next, which does not."""
+    if largest is None:
+        return {start}
+    return {largest} if capped or largest == cap else {largest, largest + 1}
 
 
 def _interpolate(phases: Callable[[int], dict[str | None, int]], fits: Callable[[int], bool],
@@ -250,14 +289,6 @@ def _interpolate(phases: Callable[[int], dict[str | None, int]], fits: Callable[
         side = guess + 1 if fits(guess) else guess - 1
         if len(near) == PARABOLA and hi is not None and lo < side < hi and side not in probes:
             fits(side)
-
-
-def _phase_peaks(sessions: Sessions, name: str, spec: TrainSpec, axis: str, peak_at: Callable[[int], int],
-                 probes: dict[int, int], n: int) -> dict[str | None, int] | None:
-    """Each phase's peak at size `n` (a probe, counted as one)."""
-    _probe(peak_at, probes, n)
-    workload = replace(spec.workload, **{axis: n})
-    return sessions.estimate(name, workload.batch, workload.seq).phase_peaks  # set: peak_at raised otherwise
 
 
 def _probe(peak_at: Callable[[int], int], probes: dict[int, int], n: int) -> int:

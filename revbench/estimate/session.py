@@ -98,6 +98,7 @@ class Sessions:
         self.spec, self.target, self.extrapolate = spec, target, extrapolate
         self._open: dict[str, Session | Estimate] = {}
         self._done: dict[tuple[str, int, int], Estimate] = {}  # a size probed twice (a fit's seed) is stepped once
+        self._guessed: dict[tuple[str, int, int], Estimate] = {}
         self.build_seconds: dict[str, float] = {}
 
     def get(self, name: str) -> Session | Estimate:
@@ -112,18 +113,26 @@ class Sessions:
             self.build_seconds[name] = time.perf_counter() - start
         return self._open[name]
 
-    def estimate(self, name: str, batch: int, seq: int) -> Estimate:
-        if (name, batch, seq) not in self._done:
-            self._done[name, batch, seq] = self._estimate(name, batch, seq)
-        return self._done[name, batch, seq]
+    def estimate(self, name: str, batch: int, seq: int, guess: bool = False) -> Estimate:
+        """`name`'s estimate at this size; a `guess` may skip the depth ladder's check (DepthSession.guess_peaks)."""
+        key = (name, batch, seq)
+        if key in self._done:
+            return self._done[key]
+        if guess:
+            if key not in self._guessed:
+                self._guessed[key] = self._estimate(name, batch, seq, guess)
+            return self._guessed[key]
+        self._done[key] = self._estimate(name, batch, seq)
+        return self._done[key]
 
-    def _estimate(self, name: str, batch: int, seq: int) -> Estimate:
+    def _estimate(self, name: str, batch: int, seq: int, guess: bool = False) -> Estimate:
         start = time.perf_counter()
         session = self.get(name)
         if isinstance(session, Estimate):
             return replace(session, seconds=time.perf_counter() - start)
         try:
-            phases = session.phase_peaks(batch, seq)
+            guessing = guess and isinstance(session, DepthSession)
+            phases = session.guess_peaks(batch, seq) if guessing else session.phase_peaks(batch, seq)
         except (RuntimeError, NotImplementedError, TypeError, AssertionError) as exc:
             return Estimate(name, "error", reason=_describe(exc), seconds=time.perf_counter() - start)
         return Estimate(name, "ok", tensor_bytes=step_peak(phases), host_bytes=session.host,

@@ -4,24 +4,81 @@ backward, so the B x S x V logits (and their float32 copies) never exist at once
 The model's `lm_head` is replaced by `ChunkedCrossEntropyHead`, which holds the very same weight and returns the
 mean next-token loss instead of logits. Every wrapper the forward runs through (a PEFT model, a DeepSpeed engine,
 RevFFN) still calls `lm_head`, so ZeRO-3 gathers its weight as usual. The router's auxiliary loss is added as
-the Hugging Face causal LM adds it. torchtune's `CEWithChunkedOutputLoss` and Apple's Cut Cross-Entropy do the
-same; this is the plain torch path, which runs everywhere.
+the Hugging Face causal LM adds it. torchtune's `CEWithChunkedOutputLoss`, Liger's fused linear cross-entropy and
+Apple's Cut Cross-Entropy do the same; this is the plain torch path, which runs everywhere.
+
+The chunks are one autograd Function, not a checkpoint each: backward writes each chunk's gradient into one buffer
+for the hidden states and adds it to the weight's, where a checkpointed slice would make a zero-filled gradient
+of all the hidden states per chunk and add it up (work quadratic in the tokens), and the autograd engine would
+run a dozen nodes per chunk.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from revbench.loss.full import FullLoss
 from revbench.spec import TrainSpec
 
 IGNORE_INDEX = -100  # what transformers' ForCausalLMLoss pads the shifted labels with
+
+
+def _chunks(tokens: int, size: int) -> Iterator[slice]:
+    return (slice(start, start + size) for start in range(0, tokens, size))
+
+
+def _chunk_logits_grad(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                       targets: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The gradient of the chunk's summed cross-entropy with respect to its logits, in the weight's dtype:
+    (softmax minus the target's one-hot) x `scale` (the loss's gradient, 0 on ignored tokens), computed in place
+    on one float32 copy of the logits. `targets` (tokens x 1) is clamped: an ignored token's row is scaled to 0."""
+    logits = F.linear(hidden, weight, bias).float()
+    grad = logits.sub_(logits.logsumexp(-1, keepdim=True)).exp_()
+    grad.scatter_add_(1, targets, torch.ones_like(scale).neg_())
+    return grad.mul_(scale).to(weight.dtype)
+
+
+class ChunkedCrossEntropy(torch.autograd.Function):
+    """The summed next-token cross-entropy of `hidden` (tokens x hidden size) through `head`'s weight, a chunk of
+    tokens at a time. Backward reads the weight from `head` again, as a recomputation would, so ZeRO-3 may release
+    it between forward and backward."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                targets: torch.Tensor, head: ChunkedCrossEntropyHead) -> torch.Tensor:
+        ctx.head = head
+        ctx.save_for_backward(hidden, targets)
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for chunk in _chunks(hidden.shape[0], head.chunk_tokens):
+            logits = F.linear(hidden[chunk], weight, bias).float()
+            total += F.cross_entropy(logits, targets[chunk], ignore_index=IGNORE_INDEX, reduction="sum")
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        hidden, targets = ctx.saved_tensors
+        weight, bias = ctx.head.weight, ctx.head.bias
+        wants_hidden, wants_weight, wants_bias = ctx.needs_input_grad[:3]
+        grad_hidden = torch.empty_like(hidden) if wants_hidden else None
+        grad_weight = torch.zeros_like(weight) if wants_weight else None
+        grad_bias = torch.zeros_like(bias) if wants_bias else None
+        # Per token, once for all chunks: where its target's one-hot goes, and its scale.
+        scale = (targets != IGNORE_INDEX).unsqueeze(1) * grad_loss
+        targets = targets.clamp(min=0).unsqueeze(1)
+        for chunk in _chunks(hidden.shape[0], ctx.head.chunk_tokens):
+            grad = _chunk_logits_grad(hidden[chunk], weight, bias, targets[chunk], scale[chunk])
+            if grad_hidden is not None:
+                torch.mm(grad, weight, out=grad_hidden[chunk])
+            if grad_weight is not None:
+                grad_weight.addmm_(grad.t(), hidden[chunk])
+            if grad_bias is not None:
+                grad_bias.add_(grad.sum(0))
+        return grad_hidden, grad_weight, grad_bias, None, None
 
 
 class ChunkedCrossEntropyHead(nn.Module):
@@ -34,22 +91,13 @@ class ChunkedCrossEntropyHead(nn.Module):
         self.chunk_tokens = chunk_tokens
         self.targets: torch.Tensor | None = None
 
-    def _chunk_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        logits = F.linear(hidden, self.weight, self.bias).float()
-        return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
-
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.targets is None:
             raise RuntimeError("the chunked loss head needs its targets: run it through ChunkedLoss")
         labels = self.targets.to(hidden.device)
         shifted = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:].reshape(-1)
         flat = hidden.reshape(-1, hidden.shape[-1])
-        total = hidden.new_zeros((), dtype=torch.float32)
-        for start in range(0, flat.shape[0], self.chunk_tokens):
-            chunk = slice(start, start + self.chunk_tokens)
-            # No RNG inside, so no RNG state to save; non-reentrant so the weight's gradient flows.
-            total = total + checkpoint(self._chunk_loss, flat[chunk], shifted[chunk], use_reentrant=False,
-                                       preserve_rng_state=False)
+        total = ChunkedCrossEntropy.apply(flat, self.weight, self.bias, shifted, self)
         return total / (shifted != IGNORE_INDEX).sum()
 
 

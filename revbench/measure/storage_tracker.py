@@ -6,6 +6,7 @@ nothing is allocated (`revbench estimate`). Each new storage gets a weakref fina
 
 from __future__ import annotations
 
+import functools
 import itertools
 import weakref
 from collections.abc import Callable, Iterator
@@ -29,6 +30,19 @@ from revbench.measure.categories import (
 from revbench.measure.phases import current_phase
 
 _NONE = object()  # no phase's peak is rising (a phase may be None: outside the step's phases)
+# `torch.tensor(...)` allocates outside the dispatcher and only then passes through lift_fresh (an alias by its
+# schema), so its output is new to the tracker.
+_LIFTED = (torch.ops.aten.lift_fresh.default, torch.ops.aten.lift_fresh_copy.default)
+
+
+@functools.cache
+def may_allocate(func: Any) -> bool:
+    """Whether `func` can return a tensor on a storage none of its inputs has. Views, in-place and out= ops return
+    aliases of their inputs, and ops like `prim.device` no tensor: most of a step's ops, skipped unflattened."""
+    schema = getattr(func, "_schema", None)
+    if func in _LIFTED or schema is None:
+        return True
+    return any(r.alias_info is None and "Tensor" in str(r.type) for r in schema.returns)
 
 
 class StorageTracker(TorchDispatchMode):
@@ -78,9 +92,9 @@ class StorageTracker(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
-        # `torch.tensor(...)` allocates outside the dispatcher and only then passes through lift_fresh.
-        fresh = func in (torch.ops.aten.lift_fresh.default, torch.ops.aten.lift_fresh_copy.default)
-        inputs = set() if fresh else {
+        if not may_allocate(func):
+            return out
+        inputs = set() if func in _LIFTED else {
             storage_key(t) for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor) and storage_key(t) not in inputs:
