@@ -17,6 +17,7 @@ from revbench.estimate import fit_method, search_largest
 from revbench.estimate.depth import EXTRAPOLATE_PAST, EXTRAPOLATED, LADDER, RUNG, TRACED, affine, extrapolate, step_peak
 from revbench.estimate.fit import curve_crossing
 from revbench.estimate.session import Estimate, Sessions, estimate_method
+from revbench.loss import chunked
 from revbench.measure.categories import TensorBytes
 from revbench.methods import METHODS
 from revbench.methods.method import combinations
@@ -166,3 +167,22 @@ def test_a_guess_that_is_off_at_the_answer_sends_the_search_to_full_estimates() 
     assert fit.largest == 10  # 1000 + 100 x 10 = 2000; the guesses would say 11 (1990)
     assert fit.probes == {n: 1000 + 100 * n for n in fit.probes}  # no guess is left among the probes
     assert (11, False) in sessions.calls and any(guess for _, guess in sessions.calls)
+
+
+@pytest.mark.parametrize("name", ["store+adamw+chunked", "checkpoint+adamw-8bit-in-backward+chunked",
+                                  "revexact+adamw-8bit-in-backward+chunked", "revffn+zero3-offload+chunked"])
+def test_an_estimate_from_two_chunks_is_the_estimate_from_every_chunk(name: str, monkeypatch: pytest.MonkeyPatch
+                                                                      ) -> None:
+    """On fake tensors the chunked loss runs its first and last chunk only: the estimate is the one every chunk
+    gives, to the byte (2 x 137 tokens: eight chunks of 32 and a short ninth)."""
+    short = TrainSpec(model=ModelSpec("tiny-qwen2-moe", layers=2),
+                      workload=Workload(batch=2, seq=137, data="synthetic"), options={"chunk_tokens": 32})
+
+    def estimate() -> dict:
+        e = estimate_method(name, short, "cuda")
+        assert e.status == "ok", e.reason
+        return {**e.to_dict(), "seconds": None, "phases": e.phase_peaks, "host": e.host_bytes}
+
+    two = estimate()
+    monkeypatch.setattr(chunked, "_is_fake", lambda t: False)
+    assert estimate() == two

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -75,6 +75,16 @@ def assert_kept(before: list[str], results: Path, runs: int) -> list[dict]:
     ok = [r["run_id"] for r in records if r["status"] == "ok"]
     assert len(ok) == len(set(ok)) == runs, [(r["run_id"], r["status"]) for r in records]
     return records
+
+
+@pytest.fixture(autouse=True)
+def sigint_handled() -> Iterator[None]:
+    """A shell starts a background job (`cmd &`, as under nohup) with SIGINT ignored, and a child inherits an
+    ignored signal through exec: the sweeps these tests interrupt would finish as if never sent it. A handled
+    signal is reset to the default in a child, so the sweep and its workers take Python's own handler."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture

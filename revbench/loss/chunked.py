@@ -11,6 +11,11 @@ The chunks are one autograd Function, not a checkpoint each: backward writes eac
 for the hidden states and adds it to the weight's, where a checkpointed slice would make a zero-filled gradient
 of all the hidden states per chunk and add it up (work quadratic in the tokens), and the autograd engine would
 run a dozen nodes per chunk.
+
+On fake tensors (`revbench estimate`) the loops take the first and the last chunk only. Every chunk allocates and
+frees the same tensors (the last one's may be shorter) on top of the same live ones, so the step's peak and every
+category at it are the same to the byte; a long step's estimate then costs two chunks' ops, not thousands
+(tests/test_estimate_extrapolation.py holds the two equal).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor
 
 from revbench.loss.full import FullLoss
 from revbench.spec import TrainSpec
@@ -28,19 +34,43 @@ from revbench.spec import TrainSpec
 IGNORE_INDEX = -100  # what transformers' ForCausalLMLoss pads the shifted labels with
 
 
-def _chunks(tokens: int, size: int) -> Iterator[slice]:
-    return (slice(start, start + size) for start in range(0, tokens, size))
+def _chunks(hidden: torch.Tensor, size: int) -> Iterator[slice]:
+    """The chunks of `hidden`'s tokens; of fake tensors, the first and the last (see the module's docstring)."""
+    starts = range(0, hidden.shape[0], size)
+    if _is_fake(hidden) and len(starts) > 2:
+        starts = starts[:: len(starts) - 1]
+    return (slice(start, start + size) for start in starts)
 
 
-def _chunk_logits_grad(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                       targets: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """The gradient of the chunk's summed cross-entropy with respect to its logits, in the weight's dtype:
-    (softmax minus the target's one-hot) x `scale` (the loss's gradient, 0 on ignored tokens), computed in place
-    on one float32 copy of the logits. `targets` (tokens x 1) is clamped: an ignored token's row is scaled to 0."""
+def _is_fake(t: torch.Tensor) -> bool:
+    return isinstance(t, FakeTensor)
+
+
+def _chunk_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                targets: torch.Tensor) -> torch.Tensor:
+    """One chunk's summed cross-entropy; its logits are freed on return, so every chunk starts on the same live
+    tensors."""
+    logits = F.linear(hidden, weight, bias).float()
+    return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def _chunk_backward(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
+                    scale: torch.Tensor, grads: tuple[torch.Tensor | None, ...]) -> None:
+    """Write one chunk's gradients into `grads` (its rows of the hidden states' gradient, and the weight's and
+    bias's sums, each None where not wanted). The gradient of the summed cross-entropy with respect to the logits
+    is (softmax minus the target's one-hot) x `scale` (the loss's gradient, 0 on ignored tokens), computed in place
+    on one float32 copy of the logits; `targets` (tokens x 1) is clamped, an ignored token's row scaled to 0."""
     logits = F.linear(hidden, weight, bias).float()
     grad = logits.sub_(logits.logsumexp(-1, keepdim=True)).exp_()
     grad.scatter_add_(1, targets, torch.ones_like(scale).neg_())
-    return grad.mul_(scale).to(weight.dtype)
+    grad = grad.mul_(scale).to(weight.dtype)
+    grad_hidden, grad_weight, grad_bias = grads
+    if grad_hidden is not None:
+        torch.mm(grad, weight, out=grad_hidden)
+    if grad_weight is not None:
+        grad_weight.addmm_(grad.t(), hidden)
+    if grad_bias is not None:
+        grad_bias.add_(grad.sum(0))
 
 
 class ChunkedCrossEntropy(torch.autograd.Function):
@@ -54,9 +84,8 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         ctx.head = head
         ctx.save_for_backward(hidden, targets)
         total = hidden.new_zeros((), dtype=torch.float32)
-        for chunk in _chunks(hidden.shape[0], head.chunk_tokens):
-            logits = F.linear(hidden[chunk], weight, bias).float()
-            total += F.cross_entropy(logits, targets[chunk], ignore_index=IGNORE_INDEX, reduction="sum")
+        for chunk in _chunks(hidden, head.chunk_tokens):
+            total += _chunk_loss(hidden[chunk], weight, bias, targets[chunk])
         return total
 
     @staticmethod
@@ -70,14 +99,9 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         # Per token, once for all chunks: where its target's one-hot goes, and its scale.
         scale = (targets != IGNORE_INDEX).unsqueeze(1) * grad_loss
         targets = targets.clamp(min=0).unsqueeze(1)
-        for chunk in _chunks(hidden.shape[0], ctx.head.chunk_tokens):
-            grad = _chunk_logits_grad(hidden[chunk], weight, bias, targets[chunk], scale[chunk])
-            if grad_hidden is not None:
-                torch.mm(grad, weight, out=grad_hidden[chunk])
-            if grad_weight is not None:
-                grad_weight.addmm_(grad.t(), hidden[chunk])
-            if grad_bias is not None:
-                grad_bias.add_(grad.sum(0))
+        for chunk in _chunks(hidden, ctx.head.chunk_tokens):
+            rows = grad_hidden[chunk] if grad_hidden is not None else None
+            _chunk_backward(hidden[chunk], weight, bias, targets[chunk], scale[chunk], (rows, grad_weight, grad_bias))
         return grad_hidden, grad_weight, grad_bias, None, None
 
 
