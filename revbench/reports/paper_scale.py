@@ -138,7 +138,7 @@ def compute(point: Point, cache: Path, progress: Callable[[str], None] | None = 
         return figures
     if progress:
         progress(f"estimating {len(point.combinations)} compositions at {len(point.batches)} batches "
-                 f"(about five minutes on 2 cores; cached in {cache})")
+                 f"(about two minutes on 2 cores; cached in {cache})")
     start = time.perf_counter()
     with ItemsProgress(f"estimating {len(point.combinations)} compositions", len(point.combinations)) as bar:
         curves = map_processes(functools.partial(curve, point=point), point.combinations,
