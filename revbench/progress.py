@@ -8,14 +8,26 @@ and the lines alone are written.
 from __future__ import annotations
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+
+def bar_columns() -> tuple[ProgressColumn, ...]:
+    """revbench's bars: description, bar, done of total, elapsed time, ETA (the sweep's too)."""
+    return (TextColumn("{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("ETA"), TimeRemainingColumn())
 
 
 class ItemsProgress:
     def __init__(self, title: str, total: int, console: Console | None = None) -> None:
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(),
-                            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                            console=console or Console(stderr=True), transient=True)
+        self.bar = Progress(*bar_columns(), console=console or Console(stderr=True), transient=True)
         self.task = self.bar.add_task(title, total=total)
 
     def __enter__(self) -> ItemsProgress:

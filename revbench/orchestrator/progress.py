@@ -4,17 +4,11 @@ from __future__ import annotations
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import Progress
 
 from revbench.orchestrator.launch import OnProgress
 from revbench.orchestrator.plan import PlannedRun
+from revbench.progress import bar_columns
 from revbench.records import RunRecord
 from revbench.units import format_bytes
 
@@ -41,10 +35,7 @@ class SweepProgress:
 
     def __init__(self, title: str, console: Console | None = None) -> None:
         self.console = console or Console()
-        self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("ETA"), TimeRemainingColumn(), console=self.console,
-        )
+        self.progress = Progress(*bar_columns(), console=self.console)
         self.sweep = self.progress.add_task(f"[bold]{title}[/] runs", total=0)
         self.run = self.progress.add_task("", total=None, visible=False)
         self.label = ""
