@@ -40,10 +40,12 @@ def start_server(preload: Sequence[str] = ESTIMATE_IMPORTS) -> None:
 
 
 def map_processes(fn: Callable[[T], R], items: Iterable[T], jobs: int | None = None,
-                  preload: Sequence[str] = ESTIMATE_IMPORTS, on_done: Callable[[R], None] | None = None) -> list[R]:
+                  preload: Sequence[str] = ESTIMATE_IMPORTS, on_done: Callable[[R], None] | None = None,
+                  cost: Callable[[T], float] | None = None) -> list[R]:
     """`[fn(item) for item in items]`, in up to `jobs` processes (default: one per usable CPU), in order; the
     workers fork from a server that imported `preload` (unless it was started before with other modules).
-    `on_done` sees each result as it comes, in the order they finish."""
+    `on_done` sees each result as it comes, in the order they finish. `cost` (a guess at an item's time) starts the
+    longest first, so that no worker is left with a long item while the others have nothing to do."""
     items = list(items)
     jobs = min(len(items), jobs or usable_cpus())
     done = on_done or (lambda result: None)
@@ -54,7 +56,8 @@ def map_processes(fn: Callable[[T], R], items: Iterable[T], jobs: int | None = N
             done(results[-1])
         return results
     with ProcessPoolExecutor(jobs, mp_context=_context(preload)) as pool:
-        futures = [pool.submit(fn, item) for item in items]
-        for future in as_completed(futures):
+        order = sorted(range(len(items)), key=lambda i: -cost(items[i])) if cost else range(len(items))
+        futures = {i: pool.submit(fn, items[i]) for i in order}
+        for future in as_completed(futures.values()):
             done(future.result())
-        return [future.result() for future in futures]
+        return [futures[i].result() for i in range(len(items))]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 from rich.console import Console
 
@@ -18,6 +19,19 @@ def test_results_come_back_in_order_and_each_is_seen_as_it_finishes() -> None:
     seen: list[int] = []
     assert map_processes(_square, range(5), jobs=2, preload=(), on_done=seen.append) == [0, 1, 4, 9, 16]
     assert sorted(seen) == [0, 1, 4, 9, 16]
+
+
+def _started(n: int) -> tuple[int, float]:
+    start = time.monotonic()  # one clock for every process of the machine
+    time.sleep(0.3)  # long enough that both workers have taken an item before either takes a second
+    return n, start
+
+
+def test_the_costliest_items_start_first_and_results_still_come_back_in_order() -> None:
+    results = map_processes(_started, [1, 4, 2, 3], jobs=2, preload=(), cost=lambda n: n)
+    assert [n for n, _ in results] == [1, 4, 2, 3]
+    by_start = [n for n, _ in sorted(results, key=lambda r: r[1])]
+    assert set(by_start[:2]) == {4, 3} and set(by_start[2:]) == {2, 1}
 
 
 def test_one_job_runs_here_in_order() -> None:

@@ -179,13 +179,14 @@ def summary(row: Row) -> str:
 def estimate_rows(names: list[str], spec: TrainSpec, args: argparse.Namespace) -> list[Row]:
     """Every method's row, one process each where there are several (their probes then go untold: the bar and a
     line per finished method show the progress)."""
+    from revbench.estimate.session import relative_cost
     from revbench.processes import map_processes
     from revbench.progress import ItemsProgress
 
     with ItemsProgress(f"estimating {len(names)} method{'s' if len(names) > 1 else ''}", len(names)) as bar:
         here = len(names) == 1 or args.jobs == 1
         row = functools.partial(estimate_row, spec=spec, args=args, progress=bar.note if here else None)
-        return map_processes(row, names, args.jobs, on_done=lambda done: bar.done(summary(done)))
+        return map_processes(row, names, args.jobs, on_done=lambda done: bar.done(summary(done)), cost=relative_cost)
 
 
 def handle(args: argparse.Namespace) -> int:

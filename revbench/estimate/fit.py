@@ -263,13 +263,15 @@ def _answer(largest: int | None, capped: bool, start: int, cap: int) -> set[int]
 def _interpolate(phases: Callable[[int], dict[str | None, int]], fits: Callable[[int], bool],
                  probes: dict[int, int], budget: int, given: int, start: int, cap: int) -> None:
     """Probe where the phases' curves through the probes nearest the budget cross it, a few rounds, from the given
-    size and the smallest (or, where the given is the smallest, the next); once a parabola crosses inside the
+    size and twice it (or, where the given does not fit, the smallest); once a parabola crosses inside the
     bracket, with the guess's neighbour on the other side. On an affine stretch that pair ends the search."""
     first = min(max(given, start), cap)
     if not fits(first) and (first == start or not fits(start)):
         return  # nothing fits
     if len(probes) < 2 and first < cap:
-        fits(start if first > start else start + 1)
+        # The first line is drawn from the given size to twice it, on the same affine piece. From the smallest size
+        # instead (a seq of 2, where the loss's chunks are not yet full) a line from 4,096 missed by thousands.
+        fits(min(2 * first, cap))
     for _ in range(ROUNDS):
         lo = max(n for n in probes if start <= n <= cap and probes[n] <= budget)
         hi = min((n for n in probes if n > lo and probes[n] > budget), default=None)
