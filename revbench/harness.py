@@ -8,6 +8,7 @@ samplers. Losses of every step are kept, in order.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,8 @@ from revbench.measure import cuda_allocator
 from revbench.measure.categories import TensorBytes
 from revbench.measure.host import HostMemory
 from revbench.measure.nvml import NvmlMemory
-from revbench.measure.profiler_bytes import measure_peak_bytes
+from revbench.measure.profiler_bytes import ProfiledStep
+from revbench.measure.timeline import compact
 from revbench.measure.timing import StepTimer, step_stats
 from revbench.methods import create_method
 from revbench.methods.method import Method
@@ -66,8 +68,8 @@ def run_method(
     host = HostMemory()
     try:
         with host:
-            tensor_bytes, timer, nvml = _train_and_measure(method, spec, steps, warmup, budget_bytes, progress,
-                                                           result)
+            tensor_bytes, timeline, timer, nvml = _train_and_measure(method, spec, steps, warmup, budget_bytes,
+                                                                     progress, result)
         result.metrics = {
             **step_stats(timer.seconds, spec.workload.batch, spec.workload.tokens_per_step),
             "step_seconds": timer.seconds,  # each timed step, so a multi-rank run can take the slowest rank's
@@ -76,6 +78,7 @@ def run_method(
                 "cuda_allocator": cuda_allocator.allocator_peaks(device),
                 "nvml": nvml.result(),
                 "host": host.result(),
+                "timeline": timeline,
             },
         }
         result.method_stats = method.stats()
@@ -86,7 +89,8 @@ def run_method(
 
 
 def _train_and_measure(method: Method, spec: TrainSpec, steps: int, warmup: int, budget_bytes: int | None,
-                       progress: Progress | None, result: RunResult) -> tuple[TensorBytes, StepTimer, NvmlMemory]:
+                       progress: Progress | None, result: RunResult
+                       ) -> tuple[TensorBytes, dict[str, Any], StepTimer, NvmlMemory]:
     total = warmup + 1 + steps
     device = torch.device(spec.device)
     method.prepare()
@@ -106,7 +110,12 @@ def _train_and_measure(method: Method, spec: TrainSpec, steps: int, warmup: int,
         run_step(index)
     cuda_allocator.reset_peaks(device)
     method.zero_grad()  # outside the window: the profiler cannot see frees of earlier allocations
-    _, tensor_bytes = measure_peak_bytes(lambda: run_step(warmup), method.state_tensors, device)
+    step = ProfiledStep.run(lambda: run_step(warmup), method.state_tensors, device)
+    tensor_bytes = step.peak()
+    start = time.perf_counter()
+    timeline = compact(step.timeline())  # the measured step's live bytes, event by event
+    timeline["seconds"] = round(time.perf_counter() - start, 4)  # what drawing it from the events cost
+    del step
     if budget_bytes is not None and tensor_bytes.total > budget_bytes:
         raise BudgetExceededError(
             f"peak tensor bytes {tensor_bytes.total:,} exceed the memory budget of {budget_bytes:,} bytes")
@@ -116,4 +125,4 @@ def _train_and_measure(method: Method, spec: TrainSpec, steps: int, warmup: int,
             method.zero_grad()
             with timer:
                 run_step(index)
-    return tensor_bytes, timer, nvml
+    return tensor_bytes, timeline, timer, nvml

@@ -7,7 +7,7 @@ import pandas as pd
 from revbench.cli import main
 from revbench.data import Workload
 from revbench.estimate import fit_method
-from revbench.reports.paper_scale import CACHE, CURVES_CSV, PLOT, TABLE_CSV, Point, paper_scale_section
+from revbench.reports.paper_scale import CACHE, CURVES_CSV, PLOT, TABLE_CSV, TIMELINE, Point, paper_scale_section
 
 COMBINATIONS = ("standard", "checkpointing", "revffn", "checkpoint+adamw+chunked", "revffn+adamw+chunked",
                 "zero2-offload")
@@ -34,6 +34,13 @@ def test_paper_scale_section_writes_curves_table_plot_and_ratio_and_reuses_them(
     assert "revffn ÷ checkpointing" in markdown and "The paper's ratio" in markdown
     assert "The closest to the paper's 0.60: " in markdown
     assert "## At paper scale" in markdown and "Model-state arithmetic" in markdown
+    # One step of the paper's pair and the best on-GPU composition, event by event: each peak is its curve's.
+    timelines = pd.read_csv((out / TIMELINE).with_suffix(".csv"))
+    assert list(dict.fromkeys(timelines["method"]))[:2] == ["checkpointing", "revffn"]
+    at_table = curves[curves["batch"] == POINT.table_batch].set_index("method")["device"]
+    for method, rows in timelines.groupby("method"):
+        assert rows["total"].max() == at_table[method], method
+    assert f"]({TIMELINE})" in markdown
     # A second render with the same source and points reuses the figures instead of estimating again.
     figures = json.loads((out / CACHE).read_text())
     figures["seconds"] = 12345

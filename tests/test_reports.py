@@ -44,6 +44,12 @@ def make_record(method: str, layers: int = 2, batch: int = 2, seq: int = 64, sta
             "cuda_allocator": {"max_allocated_bytes": None, "unavailable": "no CUDA allocator on device 'cpu'"},
             "nvml": {"device_used_peak_bytes": None, "unavailable": "NVML reads NVIDIA GPUs only"},
             "host": {"peak_rss_bytes": 500 * MiB, "start_rss_bytes": 450 * MiB, "samples": 10},
+            # the step as measure/timeline.compact keeps it: states, forward's activations, backward's gradients
+            "timeline": {"events": 3, "columns": ["event", "params", "grads", "optimizer", "activations"],
+                         "phases": "-fbo", "rows": [[0, params, 0, 2 * params, 0],
+                                                    [1, params, 0, 2 * params, activations],
+                                                    [2, params, params, 2 * params, activations],
+                                                    [3, params, params, 2 * params, 0]], "seconds": 0.001},
         },
     }
     losses = [5.5 - 0.2 * i for i in range(3)] if status == "ok" else [5.5]
@@ -124,7 +130,7 @@ def test_report_of_a_sweep_draws_every_plot_and_table(tmp_path: Path) -> None:
     index = render.render_report(results, tmp_path / "report")
     text = index.read_text()
     expected = ["memory_vs_throughput", "memory_vs_layers", "memory_vs_seq", "memory_vs_batch", "memory_breakdown",
-                "loss_curves", "largest_fit"]
+                "loss_curves", "largest_fit", "memory_timeline"]
     for name in expected:
         png = index.parent / f"{name}.png"
         assert f"]({name}.png)" in text

@@ -27,6 +27,7 @@ BENCHMARKS = {
                "step time",
     "peak": "what one method's step holds at its device peak, tensor by tensor (fake tensors, any scale)",
     "overhead": "step time with the NVML and host memory samplers on and off, on the same model: their cost",
+    "timeline": "a run's memory timeline: its cost in run time and record bytes, and its peak against the record's",
     "estimate": "wall time of `revbench estimate` and the paper-scale report at A2.7B, against an import of torch",
 }
 

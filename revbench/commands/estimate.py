@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from revbench.commands import estimate_gpus
@@ -23,6 +25,7 @@ if TYPE_CHECKING:  # torch, transformers and pandas are imported by the handler,
 
 TARGETS, AXES = ("cuda", "cpu"), ("batch", "seq")  # as revbench.estimate names them
 FIT_CHOICES = ("both", *AXES)
+TIMELINE_FORMATS = (".png", ".svg", ".pdf")  # what matplotlib writes
 ALL_PRESETS, EVERY_COMBINATION = "all", "combinations"
 
 
@@ -56,6 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="methods estimated at once, one process each (default: one per method, up to the CPUs "
                         "this process may use); fake-tensor steps are Python-bound, so this divides the wall time")
     parser.add_argument("--json", action="store_true", help="print one JSON object per method, all with the same keys")
+    parser.add_argument("--timeline", type=timeline_path, default=None, metavar="PNG",
+                        help="also draw each method's live bytes over one step (traced at the full depth), stacked "
+                             "by category with the phases shaded, one panel per method; its data go to a CSV beside")
     estimate_gpus.add_arguments(parser)
     parser.set_defaults(handler=handle)
 
@@ -189,8 +195,41 @@ def estimate_rows(names: list[str], spec: TrainSpec, args: argparse.Namespace) -
         return map_processes(row, names, args.jobs, on_done=lambda done: bar.done(summary(done)), cost=relative_cost)
 
 
+def timeline_path(text: str) -> Path:
+    path = Path(text)
+    if path.suffix.lower() not in TIMELINE_FORMATS:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a picture's path ending in {', '.join(TIMELINE_FORMATS)}")
+    return path
+
+
+def draw_timelines(rows: list[Row], spec: TrainSpec, args: argparse.Namespace, title: str) -> None:
+    """Each estimated method's timeline into one picture and CSV; on stderr, where they went and each timeline's
+    peak against its estimate's."""
+    from revbench.estimate.session import relative_cost
+    from revbench.estimate.timeline import timeline_or_reason
+    from revbench.processes import map_processes
+    from revbench.reports.timeline import write_timelines
+
+    names = [row.estimate.method for row in rows if row.estimate.status == "ok"]
+    peaks = {row.estimate.method: row.estimate.peak_bytes for row in rows}
+    traced = map_processes(functools.partial(timeline_or_reason, spec=spec, target=args.device), names, args.jobs,
+                           cost=relative_cost)
+    frames = {name: frame for name, frame, _ in traced if frame is not None}
+    for name, frame, why in traced:
+        if frame is None:
+            print(f"timeline: {name}: none ({why})", file=sys.stderr)
+        else:
+            same = "equal to" if frame["total"].max() == peaks[name] else "NOT equal to"
+            print(f"timeline: {name}: peak {frame['total'].max():,} B, {same} the estimate's", file=sys.stderr)
+    if frames:
+        picture, csv = write_timelines(frames, args.timeline, title)
+        print(f"timeline: {picture} ({csv})", file=sys.stderr)
+
+
 def handle(args: argparse.Namespace) -> int:
     if args.gpus is not None:
+        if args.timeline:
+            raise ValueError("--timeline draws one GPU's step; leave out --gpus (per-GPU estimates are a layout model)")
         return estimate_gpus.handle(args)
     if args.jobs != 1 and (args.method in (ALL_PRESETS, EVERY_COMBINATION) or "," in args.method):
         start_server()  # the workers import torch and transformers while this process does
@@ -222,6 +261,9 @@ def estimate(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     rows = estimate_rows(names, spec, args)
     wall = time.perf_counter() - start
+    if args.timeline:
+        draw_timelines(rows, spec, args, f"{args.model}, {layers} layers, batch {args.batch} x seq {args.seq}, "
+                                         f"{dtype}, {args.device} code path (estimated)")
     if args.json:
         for row in rows:
             print(json.dumps(json_row(context, row, args.budget)))

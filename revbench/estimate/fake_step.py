@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
+import pandas as pd
 import torch
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -27,6 +28,7 @@ from revbench.estimate.layouts import use_layout
 from revbench.estimate.meta_build import fake_method_from_meta
 from revbench.measure.categories import TensorBytes
 from revbench.measure.storage_tracker import measure_phase_peaks_tracked
+from revbench.measure.timeline import measure_timeline_tracked
 from revbench.methods import create_method, parse_method
 from revbench.methods.resolve import resolve_method
 from revbench.models.dtypes import parse_dtype
@@ -151,3 +153,9 @@ class MethodStep:
             self.method.zero_grad()
             _, peaks = measure_phase_peaks_tracked(lambda: self.train(batch, seq), self.method.state_tensors)
         return {phase: replace(b, method=self.label) for phase, b in peaks.items()}
+
+    def timeline(self, batch: int, seq: int) -> pd.DataFrame:
+        """Live bytes at every allocation and free of one step after the warm-up (measure/timeline.py)."""
+        with self.context():
+            self.method.zero_grad()
+            return measure_timeline_tracked(lambda: self.train(batch, seq), self.method.state_tensors)[2]

@@ -11,8 +11,10 @@ free pre-existing state inside the window (revbench clears gradients just before
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
 import torch
 from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
@@ -29,6 +31,7 @@ from revbench.measure.categories import (
     temporary_category,
 )
 from revbench.measure.phases import RANGE_PREFIX, PhaseRanges
+from revbench.measure.timeline import sweep
 
 
 def profile_events(prof: profile) -> tuple[list[Any], PhaseRanges]:
@@ -53,60 +56,112 @@ def measure_peak_bytes(
 ) -> tuple[Any, TensorBytes]:
     """Run `fn` once and return its result and the peak live tensor bytes on `device`, by category, with
     host-resident states counted and named, and the phase of the step in which the peak fell."""
-    device_type = torch.device(device).type
-    states = state_tensors()
-    before = categorize(states, storage_ptr)
-    host = host_keys(states, storage_ptr)
-    del states
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device_type == "cuda" else [])
-    with profile(activities=activities, profile_memory=True) as prof:
-        result = fn()
-    states = state_tensors()
-    after = categorize(states, storage_ptr)
-    host |= host_keys(states, storage_ptr)
-    del states
+    step = ProfiledStep.run(fn, state_tensors, device)
+    return step.result, step.peak()
 
-    events, phases = profile_events(prof)
-    events = [e for e in events if e.extra_fields.device.type == device_type]
-    live: dict[int, tuple[int, int]] = {}  # ptr -> (bytes, index of its allocation event)
-    delta = peak_delta = 0
-    peak_live: dict[int, tuple[int, int]] = {}
-    peak_index = None
-    rising = False
-    for index, event in enumerate(events):
-        ptr, size = event.extra_fields.ptr, event.extra_fields.alloc_size
-        if size > 0:
-            live[ptr] = (size, index)
-            delta += size
-            if delta > peak_delta:
-                peak_delta, peak_index, rising = delta, index, True
-        else:
-            if rising:  # the state just before the first free after a rise is the peak state
-                peak_live, rising = dict(live), False
-            if live.pop(ptr, None) is not None:
-                delta += size
-    if rising:
-        peak_live = dict(live)
 
-    by_category = dict.fromkeys(CATEGORIES, 0)
-    on_host = dict.fromkeys(STATE_CATEGORIES, 0)
-    for key, (category, nbytes) in before.items():
-        if key[0] == device_type:
-            by_category[category] += nbytes
-            on_host[category] += nbytes if key in host else 0
-    for ptr, (size, index) in peak_live.items():
-        key = (device_type, ptr)
+@dataclass
+class ProfiledStep:
+    """A step's device allocation events and phases, with the model states before and after it (by allocation)."""
+
+    result: Any
+    device_type: str
+    events: list[tuple[int, int, int]]  # (pointer, bytes allocated or -bytes freed, time in ns), in order
+    phases: PhaseRanges
+    before: dict
+    after: dict
+    host: set
+
+    @classmethod
+    def run(cls, fn: Callable[[], Any], state_tensors: Callable[[], StateTensors], device: torch.device | str
+            ) -> ProfiledStep:
+        device_type = torch.device(device).type
+        states = state_tensors()
+        before = categorize(states, storage_ptr)
+        host = host_keys(states, storage_ptr)
+        del states
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device_type == "cuda" else [])
+        with profile(activities=activities, profile_memory=True) as prof:
+            result = fn()
+        states = state_tensors()
+        after = categorize(states, storage_ptr)
+        host |= host_keys(states, storage_ptr)
+        del states
+        events, phases = profile_events(prof)
+        events = [(e.extra_fields.ptr, e.extra_fields.alloc_size, e.start_time_ns) for e in events
+                  if e.extra_fields.device.type == device_type]
+        return cls(result, device_type, events, phases, before, after, host)
+
+    def _phase(self, index: int) -> str | None:
+        return self.phases.at(self.events[index][2])
+
+    def _category(self, ptr: int, index: int, live: dict[int, tuple[int, int]]) -> tuple[str, bool]:
+        """An allocation's category and whether it is a host-resident state (`live`: what outlives the step)."""
+        key = (self.device_type, ptr)
         survives = ptr in live and live[ptr][1] == index  # allocated in the window and still live at its end
-        category = after.get(key, ("activations", 0))[0] if survives else "activations"
+        category = self.after.get(key, ("activations", 0))[0] if survives else "activations"
         if category == "activations":
-            category = temporary_category(phases.at(events[index].start_time_ns))
-        by_category[category] += size
-        if survives and key in host:
-            on_host[category] += size
-    # States held in host memory while the step runs on an accelerator: not in the device's events.
-    for key, (category, nbytes) in {**before, **after}.items():
-        if key[0] != device_type and key in host:
-            by_category[category] += nbytes
-            on_host[category] += nbytes
-    phase = phases.at(events[peak_index].start_time_ns) if peak_index is not None else None
-    return result, TensorBytes(**by_category, **host_fields(on_host), phase=phase, method="profiler")
+            category = temporary_category(self._phase(index))
+        return category, survives and key in self.host
+
+    def _held(self) -> tuple[dict[str, int], dict[str, int]]:
+        """What the states allocated before the window hold, on the device and (offloaded) in host memory."""
+        by_category = dict.fromkeys(CATEGORIES, 0)
+        on_host = dict.fromkeys(STATE_CATEGORIES, 0)
+        for key, (category, nbytes) in self.before.items():
+            if key[0] == self.device_type:
+                by_category[category] += nbytes
+                on_host[category] += nbytes if key in self.host else 0
+        # States held in host memory while the step runs on an accelerator: not in the device's events.
+        for key, (category, nbytes) in {**self.before, **self.after}.items():
+            if key[0] != self.device_type and key in self.host:
+                by_category[category] += nbytes
+                on_host[category] += nbytes
+        return by_category, on_host
+
+    def _replay(self) -> tuple[dict[int, tuple[int, int]], dict[int, tuple[int, int]], int | None]:
+        """(live at the end, live at the peak, the peak's event): ptr -> (bytes, index of its allocation)."""
+        live: dict[int, tuple[int, int]] = {}
+        delta = peak_delta = 0
+        peak_live: dict[int, tuple[int, int]] = {}
+        peak_index = None
+        rising = False
+        for index, (ptr, size, _) in enumerate(self.events):
+            if size > 0:
+                live[ptr] = (size, index)
+                delta += size
+                if delta > peak_delta:
+                    peak_delta, peak_index, rising = delta, index, True
+            else:
+                if rising:  # the state just before the first free after a rise is the peak state
+                    peak_live, rising = dict(live), False
+                if live.pop(ptr, None) is not None:
+                    delta += size
+        if rising:
+            peak_live = dict(live)
+        return live, peak_live, peak_index
+
+    def peak(self) -> TensorBytes:
+        live, peak_live, peak_index = self._replay()
+        by_category, on_host = self._held()
+        for ptr, (size, index) in peak_live.items():
+            category, host = self._category(ptr, index, live)
+            by_category[category] += size
+            if host:
+                on_host[category] += size
+        phase = self._phase(peak_index) if peak_index is not None else None
+        return TensorBytes(**by_category, **host_fields(on_host), phase=phase, method="profiler")
+
+    def timeline(self) -> pd.DataFrame:
+        live, _, _ = self._replay()
+        allocated: dict[int, int] = {}  # ptr -> index of its allocation in the window
+        events = []
+        for index, (ptr, size, _) in enumerate(self.events):
+            if size > 0:
+                allocated[ptr] = index
+                events.append((index, size, self._phase(index)))
+            elif ptr in allocated:  # a free of a block from before the window is not reported; nor counted
+                events.append((allocated.pop(ptr), size, self._phase(index)))
+        initial, initial_host = self._held()
+        return sweep(events, lambda index: self._category(self.events[index][0], index, live),
+                     initial=initial, initial_host=initial_host)

@@ -10,6 +10,7 @@ import functools
 import itertools
 import weakref
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -48,7 +49,7 @@ def may_allocate(func: Any) -> bool:
 class StorageTracker(TorchDispatchMode):
     """Tracks every storage an op creates, plus storages registered up front, and records the peak."""
 
-    def __init__(self, by_phase: bool = False) -> None:
+    def __init__(self, by_phase: bool = False, timeline: bool = False) -> None:
         super().__init__()
         self.live: dict[int, tuple[int, int]] = {}  # storage key -> (bytes, serial of its allocation)
         self.current = self.peak = 0
@@ -63,6 +64,11 @@ class StorageTracker(TorchDispatchMode):
         self._phase_rising: str | object | None = _NONE
         self._serials = itertools.count()
         self._finalizers: list[weakref.finalize] = []
+        # timeline: every allocation and free in order, (serial, +bytes or -bytes, the phase then), and each
+        # serial's storage key, from which measure/timeline.py draws the live bytes by category at every event
+        self.events: list[tuple[int, int, str | None]] | None = [] if timeline else None
+        self.keys: dict[int, int] = {}
+        self.step_start = 0  # the first event of the step; those before register the model states
 
     def track(self, t: torch.Tensor) -> None:
         storage, key = t.untyped_storage(), storage_key(t)
@@ -79,6 +85,9 @@ class StorageTracker(TorchDispatchMode):
         if self.by_phase and self.current > self.phase_peaks.get(phase, -1):
             self.phase_peaks[phase], self._phase_rising = self.current, phase
         self._finalizers.append(weakref.finalize(storage, self._release, key))
+        if self.events is not None:
+            self.events.append((serial, nbytes, phase))
+            self.keys[serial] = key
 
     def _keep_phase_peak(self) -> None:
         self.phase_live[self._phase_rising], self._phase_rising = dict(self.live), _NONE
@@ -88,7 +97,10 @@ class StorageTracker(TorchDispatchMode):
             self.peak_live, self._rising = dict(self.live), False
         if self._phase_rising is not _NONE:
             self._keep_phase_peak()
-        self.current -= self.live.pop(key, (0, 0))[0]
+        nbytes, serial = self.live.pop(key, (0, -1))
+        self.current -= nbytes
+        if self.events is not None and serial >= 0:
+            self.events.append((serial, -nbytes, current_phase()))
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
@@ -115,11 +127,16 @@ class StorageTracker(TorchDispatchMode):
         phase's peak). A storage that outlives the step takes its model-state category (from `categorize` after
         the step, else before it); a temporary is `workspace` or `activations` by the phase that allocated it."""
         for key, (nbytes, serial) in (self.peak_live if live is None else live).items():
-            survives = self.live.get(key, (0, -1))[1] == serial
-            category = after.get(key, before.get(key, ("activations", 0)))[0] if survives else "activations"
-            if category == "activations":
-                category = temporary_category(self.phases[serial])
-            yield key, nbytes, serial, category, survives
+            survives = self.survives(key, serial)
+            yield key, nbytes, serial, self.category(key, serial, survives, before, after), survives
+
+    def survives(self, key: int, serial: int) -> bool:
+        """Whether the storage allocated as `serial` is still live after the step."""
+        return self.live.get(key, (0, -1))[1] == serial
+
+    def category(self, key: int, serial: int, survives: bool, before: dict, after: dict) -> str:
+        category = after.get(key, before.get(key, ("activations", 0)))[0] if survives else "activations"
+        return temporary_category(self.phases[serial]) if category == "activations" else category
 
 
 def measure_peak_bytes_tracked(
@@ -127,8 +144,8 @@ def measure_peak_bytes_tracked(
 ) -> tuple[Any, TensorBytes]:
     """Run `fn` under a StorageTracker and return its result and the peak tensor bytes by category, with
     host-resident states named and the step phase of the peak."""
-    result, tracker, breakdown = _tracked(fn, state_tensors, by_phase=False)
-    return result, breakdown(None, tracker.peak_phase)
+    step = track_step(fn, state_tensors, by_phase=False)
+    return step.result, step.breakdown(None, step.tracker.peak_phase)
 
 
 def measure_phase_peaks_tracked(
@@ -136,35 +153,50 @@ def measure_phase_peaks_tracked(
 ) -> tuple[Any, dict[str | None, TensorBytes]]:
     """Run `fn` under a StorageTracker and return its result and each step phase's own peak by category, in the
     order the phases first allocated. The largest (the first of equals) is what measure_peak_bytes_tracked gives."""
-    result, tracker, breakdown = _tracked(fn, state_tensors, by_phase=True)
-    return result, {phase: breakdown(tracker.phase_live[phase], phase) for phase in tracker.phase_peaks}
+    step = track_step(fn, state_tensors, by_phase=True)
+    return step.result, step.phase_peaks()
 
 
-def _tracked(fn: Callable[[], Any], state_tensors: Callable[[], StateTensors], by_phase: bool
-             ) -> tuple[Any, StorageTracker, Callable[[dict | None, str | None], TensorBytes]]:
-    """Run `fn` under a tracker; return its result, the tracker, and the breakdown of a live set by category."""
-    tracker = StorageTracker(by_phase)
+@dataclass
+class TrackedStep:
+    """A step run under a tracker, with the model states' storages before and after it (key -> category) and the
+    keys of those in host memory."""
+
+    result: Any
+    tracker: StorageTracker
+    before: dict
+    after: dict
+    host: set
+
+    def breakdown(self, live: dict | None, phase: str | None) -> TensorBytes:
+        """The live set `live` (the peak's where None) by category, host-resident states apart."""
+        by_category = dict.fromkeys(CATEGORIES, 0)
+        on_host = dict.fromkeys(STATE_CATEGORIES, 0)
+        for key, nbytes, _, category, survives in self.tracker.peak_storages(self.before, self.after, live):
+            by_category[category] += nbytes
+            if survives and key in self.host:
+                on_host[category] += nbytes
+        return TensorBytes(**by_category, **host_fields(on_host), phase=phase, method="storage-tracker")
+
+    def phase_peaks(self) -> dict[str | None, TensorBytes]:
+        return {phase: self.breakdown(self.tracker.phase_live[phase], phase) for phase in self.tracker.phase_peaks}
+
+
+def track_step(fn: Callable[[], Any], state_tensors: Callable[[], StateTensors], by_phase: bool,
+               timeline: bool = False) -> TrackedStep:
+    """Run `fn` under a tracker, the model states registered first (`timeline`: log every allocation and free)."""
+    tracker = StorageTracker(by_phase, timeline)
     states = state_tensors()
     before, host = categorize(states), host_keys(states)
     for tensors in states.values():
         for t in tensors:
             tracker.track(t)
     del states
+    tracker.step_start = len(tracker.events or ())
     with tracker:
         result = fn()
     tracker.finish()
     states = state_tensors()
     after = categorize(states)
     host |= host_keys(states)
-    del states
-
-    def breakdown(live: dict | None, phase: str | None) -> TensorBytes:
-        by_category = dict.fromkeys(CATEGORIES, 0)
-        on_host = dict.fromkeys(STATE_CATEGORIES, 0)
-        for key, nbytes, _, category, survives in tracker.peak_storages(before, after, live):
-            by_category[category] += nbytes
-            if survives and key in host:
-                on_host[category] += nbytes
-        return TensorBytes(**by_category, **host_fields(on_host), phase=phase, method="storage-tracker")
-
-    return result, tracker, breakdown
+    return TrackedStep(result, tracker, before, after, host)

@@ -35,6 +35,10 @@ GiB = BINARY["GiB"]
 # kernel workspaces and fragmentation take a GiB or two of it, which tensor bytes do not include.
 BUDGET = 80 * GiB
 CACHE, TABLE_CSV, CURVES_CSV, PLOT = "paper_scale.json", "paper_scale.csv", "paper_scale_curves.csv", "paper_scale.png"
+TIMELINE = "paper_scale_timeline.png"  # and its CSV beside it
+TIMELINE_POINTS = 400  # per composition in the cache: the picture's resolution, and the peak kept to the byte
+# The paper's baseline and its method, drawn over one step beside the composition that fits most on the GPU.
+PAPER_PAIR = ("checkpointing", "revffn")
 # The compositions drawn: each activation technique alone, then with the chunked loss, then with every model-state
 # saving that keeps the states on the GPU; and the offload and PEFT alternatives the paper argues against.
 COMBINATIONS = (
@@ -154,9 +158,39 @@ def compute(point: Point, cache: Path, progress: Callable[[str], None] | None = 
         curves = map_processes(functools.partial(curve, point=point), point.combinations,
                                on_done=lambda c: bar.done(f"{c['method']}: {c['seconds']} s"),
                                cost=functools.partial(curve_cost, point=point))
-    figures = {"fingerprint": fingerprint, "seconds": round(time.perf_counter() - start, 1), "curves": curves}
+        timelines = timelines_of(timeline_names(curves), point)
+    figures = {"fingerprint": fingerprint, "seconds": round(time.perf_counter() - start, 1), "curves": curves,
+               "timelines": timelines}
     cache.write_text(json.dumps(figures, indent=1))
     return figures
+
+
+def timeline_names(curves: list[dict[str, Any]]) -> list[str]:
+    """The paper's pair and the composition with the largest batch at the table's sequence among those whose step
+    is traced event by event (not a DeepSpeed offload, whose estimate is a layout model)."""
+    from revbench.estimate.zero_step import ZERO_STATES
+    from revbench.methods import parse_method
+
+    traced = [c for c in curves if c["largest_batch"] and parse_method(c["method"]).states not in ZERO_STATES]
+    best = max(traced, key=lambda c: c["largest_batch"], default=None)
+    return [*PAPER_PAIR, *([best["method"]] if best and best["method"] not in PAPER_PAIR else [])]
+
+
+def timelines_of(names: list[str], point: Point) -> dict[str, dict[str, Any]]:
+    """Each composition's step at the table's batch, event by event (estimate/timeline.py), as records keep it."""
+    from revbench.estimate.session import relative_cost
+    from revbench.measure.timeline import compact
+    from revbench.processes import map_processes
+
+    traced = map_processes(functools.partial(_timeline_at, point=point), names, cost=relative_cost)
+    return {name: compact(frame, TIMELINE_POINTS) for name, frame, _ in traced if frame is not None}
+
+
+def _timeline_at(name: str, point: Point) -> tuple[str, Any, str | None]:
+    from revbench.estimate.timeline import timeline_or_reason
+
+    spec = point.spec(name)
+    return timeline_or_reason(name, replace(spec, workload=replace(spec.workload, batch=point.table_batch)), "cuda")
 
 
 def curves_frame(figures: dict[str, Any], point: Point) -> pd.DataFrame:
@@ -304,8 +338,29 @@ def render(figures: dict[str, Any], point: Point, out: Path) -> str:
         (ratio.to_markdown() + "\n") if not ratio.empty else "",
         _paper_ratio_text(ratio),
         _arithmetic(parameters) if parameters else "",
+        _timeline_text(figures.get("timelines") or {}, point, out, about),
     ]
     return "\n".join(part for part in parts if part)
+
+
+def _timeline_text(timelines: dict[str, dict[str, Any]], point: Point, out: Path, about: str) -> str:
+    """The paper's pair and the best on-GPU composition over one step, side by side (their picture and CSV)."""
+    from revbench.measure.timeline import expand
+    from revbench.reports.timeline import write_timelines
+
+    if not timelines:
+        return ""
+    frames = {name: expand(data) for name, data in timelines.items()}
+    picture, csv = write_timelines(frames, out / TIMELINE, f"Estimated live tensor bytes over one training step, "
+                                                         f"batch {point.table_batch}: {about}, CUDA code path")
+    names = list(frames)
+    best = (f" and the composition that fits the largest batch with everything on the GPU ({names[2]})"
+            if len(names) > 2 else "")
+    return (f"### One step, event by event\n\nThe device's live tensor bytes at every allocation and free of one "
+            f"step at batch {point.table_batch} × seq {point.seq:,}, traced at the full depth (each timeline's "
+            f"peak is the estimate's above, to the byte): the paper's baseline ({names[0]}), its method "
+            f"({names[1]}){best}. Phases shaded; downsampled to {TIMELINE_POINTS} points a step, each the most "
+            f"bytes of its stretch.\n\n![live bytes over one step]({picture.name})\n\n([{csv.name}]({csv.name}))\n")
 
 
 def at_paper_scale(ctx: ReportContext) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pandas as pd
+
+from revbench.measure.timeline import expand
 from revbench.records import RESULTS_FILE
 from revbench.reports import plots
 from revbench.reports.context import ReportContext, Section
@@ -15,6 +18,7 @@ from revbench.reports.paper import (
 )
 from revbench.reports.scale_out import scale_out
 from revbench.reports.tables import budget_table, failures_table, markdown, memory_table, results_table
+from revbench.reports.timeline import draw_timelines
 
 MEASURES = """What the figures are:
 
@@ -106,7 +110,21 @@ def figures(ctx: ReportContext) -> str:
     add(plots.memory_breakdown(at_point, point or ""), "memory_breakdown", "memory breakdown by category",
         "no run finished")
     add(plots.loss_curves(at_point, point or "", ctx.colors), "loss_curves", "loss curves", "no run finished")
+    timelines = record_timelines(ctx, point)
+    add(draw_timelines(timelines, f"Live tensor bytes over the profiled step, {point}") if timelines else None,
+        "memory_timeline", "memory timeline of the profiled step, per method",
+        "no finished run at this point keeps a timeline in its record")
     return "\n".join(parts)
+
+
+def record_timelines(ctx: ReportContext, point: str | None) -> dict[str, pd.DataFrame]:
+    """Each variant's timeline at `point`, from its first finished repeat whose record keeps one."""
+    frames: dict[str, pd.DataFrame] = {}
+    for record, row in zip(ctx.records, ctx.frame.itertuples(), strict=True):
+        timeline = record.metrics.get("memory", {}).get("timeline")
+        if row.point == point and record.status == "ok" and timeline and row.variant not in frames:
+            frames[row.variant] = expand(timeline)
+    return frames
 
 
 def files(ctx: ReportContext) -> str:
