@@ -202,7 +202,7 @@ def timeline_path(text: str) -> Path:
     return path
 
 
-def draw_timelines(rows: list[Row], spec: TrainSpec, args: argparse.Namespace, title: str) -> None:
+def write_estimate_timelines(rows: list[Row], spec: TrainSpec, args: argparse.Namespace, title: str) -> None:
     """Each estimated method's timeline into one picture and CSV; on stderr, where they went and each timeline's
     peak against its estimate's."""
     from revbench.estimate.session import relative_cost
@@ -262,8 +262,8 @@ def estimate(args: argparse.Namespace) -> int:
     rows = estimate_rows(names, spec, args)
     wall = time.perf_counter() - start
     if args.timeline:
-        draw_timelines(rows, spec, args, f"{args.model}, {layers} layers, batch {args.batch} x seq {args.seq}, "
-                                         f"{dtype}, {args.device} code path (estimated)")
+        write_estimate_timelines(rows, spec, args, f"{args.model}, {layers} layers, batch {args.batch} x seq "
+                                                   f"{args.seq}, {dtype}, {args.device} code path (estimated)")
     if args.json:
         for row in rows:
             print(json.dumps(json_row(context, row, args.budget)))

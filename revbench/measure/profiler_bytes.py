@@ -10,6 +10,7 @@ free pre-existing state inside the window (revbench clears gradients just before
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -119,8 +120,10 @@ class ProfiledStep:
                 on_host[category] += nbytes
         return by_category, on_host
 
+    @functools.cached_property
     def _replay(self) -> tuple[dict[int, tuple[int, int]], dict[int, tuple[int, int]], int | None]:
-        """(live at the end, live at the peak, the peak's event): ptr -> (bytes, index of its allocation)."""
+        """(live at the end, live at the peak, the peak's event): ptr -> (bytes, index of its allocation). Once
+        for both the peak and the timeline."""
         live: dict[int, tuple[int, int]] = {}
         delta = peak_delta = 0
         peak_live: dict[int, tuple[int, int]] = {}
@@ -142,7 +145,7 @@ class ProfiledStep:
         return live, peak_live, peak_index
 
     def peak(self) -> TensorBytes:
-        live, peak_live, peak_index = self._replay()
+        live, peak_live, peak_index = self._replay
         by_category, on_host = self._held()
         for ptr, (size, index) in peak_live.items():
             category, host = self._category(ptr, index, live)
@@ -153,7 +156,7 @@ class ProfiledStep:
         return TensorBytes(**by_category, **host_fields(on_host), phase=phase, method="profiler")
 
     def timeline(self) -> pd.DataFrame:
-        live, _, _ = self._replay()
+        live, _, _ = self._replay
         allocated: dict[int, int] = {}  # ptr -> index of its allocation in the window
         events = []
         for index, (ptr, size, _) in enumerate(self.events):

@@ -48,6 +48,11 @@ def sweep(events: Iterable[Event], where: Callable[[Hashable], tuple[str, bool]]
         if event >= 0:  # event 0: the model states, whatever phase registered them
             rows.append((event, phase if event else None, *totals.values(), *on_host.values()))
     frame = pd.DataFrame(rows, columns=COLUMNS[:-3])
+    return _with_totals(frame)
+
+
+def _with_totals(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame's `host`, `total` and `device` from its categories, its columns in COLUMNS' order."""
     frame["host"] = frame[list(HOST_COLUMNS)].sum(axis=1)
     frame["total"] = frame[list(CATEGORIES)].sum(axis=1)
     frame["device"] = frame["total"] - frame["host"]
@@ -104,7 +109,4 @@ def expand(data: dict[str, Any]) -> pd.DataFrame:
         if column not in frame:
             frame[column] = 0
     frame["phase"] = [phases[letter] for letter in data["phases"]]
-    frame["host"] = frame[list(HOST_COLUMNS)].sum(axis=1)
-    frame["total"] = frame[list(CATEGORIES)].sum(axis=1)
-    frame["device"] = frame["total"] - frame["host"]
-    return frame[list(COLUMNS)]
+    return _with_totals(frame)
