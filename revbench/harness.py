@@ -68,13 +68,14 @@ def run_method(
     host = HostMemory()
     try:
         with host:
-            tensor_bytes, timeline, timer, nvml = _train_and_measure(method, spec, steps, warmup, budget_bytes,
-                                                                     progress, result)
+            tensor_bytes, missed_frees, timeline, timer, nvml = _train_and_measure(
+                method, spec, steps, warmup, budget_bytes, progress, result)
         result.metrics = {
             **step_stats(timer.seconds, spec.workload.batch, spec.workload.tokens_per_step),
             "step_seconds": timer.seconds,  # each timed step, so a multi-rank run can take the slowest rank's
             "memory": {
                 "tensor_bytes": tensor_bytes.to_dict(),
+                "profiler_missed_frees": missed_frees,  # put back by the replay (measure/profiler_bytes.py)
                 "cuda_allocator": cuda_allocator.allocator_peaks(device),
                 "nvml": nvml.result(),
                 "host": host.result(),
@@ -90,7 +91,7 @@ def run_method(
 
 def _train_and_measure(method: Method, spec: TrainSpec, steps: int, warmup: int, budget_bytes: int | None,
                        progress: Progress | None, result: RunResult
-                       ) -> tuple[TensorBytes, dict[str, Any], StepTimer, NvmlMemory]:
+                       ) -> tuple[TensorBytes, int, dict[str, Any], StepTimer, NvmlMemory]:
     total = warmup + 1 + steps
     device = torch.device(spec.device)
     method.prepare()
@@ -111,7 +112,7 @@ def _train_and_measure(method: Method, spec: TrainSpec, steps: int, warmup: int,
     cuda_allocator.reset_peaks(device)
     method.zero_grad()  # outside the window: the profiler cannot see frees of earlier allocations
     step = ProfiledStep.run(lambda: run_step(warmup), method.state_tensors, device)
-    tensor_bytes = step.peak()
+    tensor_bytes, missed_frees = step.peak(), step.missed_frees
     start = time.perf_counter()
     timeline = compact(step.timeline())  # the measured step's live bytes, event by event
     timeline["seconds"] = round(time.perf_counter() - start, 4)  # what drawing it from the events cost
@@ -125,4 +126,4 @@ def _train_and_measure(method: Method, spec: TrainSpec, steps: int, warmup: int,
             method.zero_grad()
             with timer:
                 run_step(index)
-    return tensor_bytes, timeline, timer, nvml
+    return tensor_bytes, missed_frees, timeline, timer, nvml

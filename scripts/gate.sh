@@ -10,27 +10,47 @@ export OMP_NUM_THREADS=2  # the reference was recorded with 2 threads: kernels' 
 reference=results/reference/cpu-smoke
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-for suite in smoke handoff; do
-  .venv/bin/python -m revbench run "$suite" --device cpu --out "$out" --no-report
-done
+
+run_suites() {
+  for suite in smoke handoff; do
+    .venv/bin/python -m revbench run "$suite" --device cpu --out "$1" --no-report
+  done
+}
+
 if [ "${1:-}" = --refresh ]; then
+  run_suites "$out"
   .venv/bin/python - "$out" <<'PY'
 import sys
 from revbench.check import load
 bad = [f"{r.method}: {r.status} ({r.error})" for r in load(sys.argv[1]) if r.status != "ok"]
-sys.exit("not recording a reference with failed runs:\n" + "\n".join(bad) if bad else 0)
+missed = [r.method for r in load(sys.argv[1]) if r.metrics["memory"].get("profiler_missed_frees")]
+if bad:
+    sys.exit("not recording a reference with failed runs:\n" + "\n".join(bad))
+if missed:
+    sys.exit("not recording a reference the profiler missed frees in (run again on a quiet machine): "
+             + ", ".join(missed))
 PY
   mkdir -p "$reference"
   cp "$out/results.jsonl" "$reference/results.jsonl"
   echo "refreshed $reference/results.jsonl: review the diff and commit it"
-else
-  # ZeRO-3 gathers and releases partitioned parameters on its own schedule: once in five runs under load its
-  # peak held one more 128 KiB block (+0.2 % of the total, +0.8 % of activations). RevFFN on ZeRO-2 offload, whose
-  # reduce hooks now fire layer by layer inside the reversible backward, once in four runs under load peaked
-  # 8,032 B (0.01 %) off its reference, and once, right after the test suite, one more 128 KiB block live in its
-  # activations (+131,072 B, +1.6 % of 8 MB; ten reruns, quiet and loaded, gave the reference to the byte); the
-  # cause is not pinned down (not Python's garbage collector: disabled or frequent, the bytes do not move). Every
-  # other method is exact.
-  .venv/bin/python -m revbench check "$out" --against "$reference" --tolerance zero3-offload:tensor_bytes=1 \
-    --tolerance revffn-zero2-offload:tensor_bytes=1 --tolerance revffn-zero2-offload:tensor_bytes.activations=2
+  exit 0
 fi
+
+# The ZeRO methods run their collectives on gloo, whose worker thread sometimes frees a collective's buffer after
+# the step's thread let go of it: the profiler never hears that free (measure/profiler_bytes.py puts it back at the
+# latest moment it can have happened), so under load one ZeRO run in a few peaks a block or two above its
+# reference. Those two methods are allowed 1 % (2 % of activations), and a check that fails is confirmed by running
+# the suites again, up to three times: a regression the code made repeats every time, a missed free seldom twice.
+attempts=3
+for attempt in $(seq "$attempts"); do
+  run="$out/attempt-$attempt"
+  run_suites "$run"
+  if .venv/bin/python -m revbench check "$run" --against "$reference" --tolerance zero3-offload:tensor_bytes=1 \
+      --tolerance revffn-zero2-offload:tensor_bytes=1 --tolerance revffn-zero2-offload:tensor_bytes.activations=2
+  then
+    exit 0
+  fi
+  [ "$attempt" -lt "$attempts" ] && echo "gate: attempt $attempt of $attempts failed; running the suites again"
+done
+echo "gate: the check failed $attempts times in a row"
+exit 1

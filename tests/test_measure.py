@@ -7,8 +7,8 @@ from revbench.cli import main
 from revbench.measure import cuda_allocator
 from revbench.measure.categories import CATEGORIES, default_state_tensors
 from revbench.measure.nvml import NvmlMemory
-from revbench.measure.phases import phase
-from revbench.measure.profiler_bytes import measure_peak_bytes
+from revbench.measure.phases import PhaseRanges, phase
+from revbench.measure.profiler_bytes import ProfiledStep, measure_peak_bytes, with_missed_frees
 from revbench.measure.storage_tracker import measure_peak_bytes_tracked
 from revbench.measure.timing import step_stats
 from revbench.methods import OptimizerSpec
@@ -81,6 +81,17 @@ def test_profiler_and_storage_tracker_agree_on_a_tiny_model(preset: str) -> None
     # (seen: 12 bytes at the peak of a 32 MB step); the dispatch-level tracker cannot see those.
     assert 0 <= by_profiler.activations - by_tracker.activations <= 64
     assert by_profiler.total - by_tracker.total == by_profiler.activations - by_tracker.activations
+
+
+def test_a_free_the_profiler_missed_is_put_back_before_the_pointer_is_reused() -> None:
+    # Block 1 is allocated again while still live by the events: its free went unreported. Counted live to the end,
+    # it would make a peak of 230 B at the third event; retired just before the reuse, the peak is the true 150 B.
+    events, missed = with_missed_frees([(1, 100, 10), (2, 50, 20), (1, 80, 30), (2, -50, 40)])
+    assert missed == 1 and events[2] == (1, -100, 30)
+    step = ProfiledStep(None, "cpu", events, PhaseRanges([(0, 50, "forward")]), before={}, after={}, host=set(),
+                        missed_frees=missed)
+    assert step.peak().total == 150
+    assert step.timeline()["total"].max() == 150
 
 
 def test_categories_sum_to_total_and_repeat_identically() -> None:
