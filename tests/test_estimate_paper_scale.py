@@ -7,7 +7,14 @@ import pandas as pd
 from revbench.cli import main
 from revbench.data import Workload
 from revbench.estimate import fit_method
+from revbench.estimate.scale_out import RankPeaks
+from revbench.methods import parse_method
+from revbench.models import ModelSpec
 from revbench.reports.paper_scale import CACHE, CURVES_CSV, PLOT, TABLE_CSV, TIMELINE, Point, paper_scale_section
+from revbench.reports.paper_scale_gpus import CACHE as GPUS_CACHE
+from revbench.reports.paper_scale_gpus import TABLE_CSV as GPUS_CSV
+from revbench.reports.paper_scale_gpus import GpusPoint, gpus_section
+from revbench.spec import TrainSpec
 
 COMBINATIONS = ("standard", "checkpointing", "revffn", "checkpoint+adamw+chunked", "revffn+adamw+chunked",
                 "zero2-offload")
@@ -51,3 +58,27 @@ def test_paper_scale_section_writes_curves_table_plot_and_ratio_and_reuses_them(
 def test_report_without_records_needs_paper_scale(capsys) -> None:
     assert main(["report"]) == 2
     assert "--paper-scale" in capsys.readouterr().err
+
+
+GPUS_POINT = GpusPoint(models=("tiny-qwen2-moe",), layers=2, dtype="float32", seq=32, gpus=2, budget=40 * 2**20,
+                       compositions=("fsdp2", "checkpoint+zero3-offload+full", "revffn+zero3-offload+full"), cap=64)
+
+
+def test_the_multi_gpu_part_finds_each_largest_batch_and_reuses_it(tmp_path: Path) -> None:
+    markdown = gpus_section(tmp_path, GPUS_POINT)
+    table = pd.read_csv(tmp_path / GPUS_CSV).set_index("method")
+    assert list(table.index) == list(GPUS_POINT.compositions) and "On 2 GPUs of 40 MiB" in markdown
+    # Each answer is the largest per-GPU batch whose per-GPU peak (`revbench estimate --gpus 2`) fits the budget.
+    spec = TrainSpec(model=ModelSpec("tiny-qwen2-moe", layers=2, dtype="float32"),
+                     workload=Workload(batch=1, seq=32, data="synthetic"))
+    peaks = RankPeaks(spec, "cuda", 2)
+    for name in GPUS_POINT.compositions:
+        batch = int(table.loc[name, "max batch per GPU"])
+        assert table.loc[name, "global batch (2 GPUs)"] == 2 * batch
+        composition = parse_method(name)
+        assert peaks.peak(composition, 2, batch).per_gpu <= GPUS_POINT.budget
+        assert peaks.peak(composition, 2, batch + 1).per_gpu > GPUS_POINT.budget
+    figures = json.loads((tmp_path / GPUS_CACHE).read_text())
+    figures["seconds"] = 54321
+    (tmp_path / GPUS_CACHE).write_text(json.dumps(figures))
+    assert "computed in 54321 s" in gpus_section(tmp_path, GPUS_POINT)

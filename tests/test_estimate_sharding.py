@@ -54,9 +54,13 @@ def test_estimate_gpus_prints_every_combination(capsys: pytest.CaptureFixture[st
     assert "Per-GPU bytes at 2 ranks: tiny-qwen2-moe" in out and "global batch 2 (1 per rank)" in out
     for name in ("store+adamw-ddp+full", "zero2-offload", "zero3-offload", "checkpoint+zero3-offload+full",
                  "revffn-zero2-offload", "revffn+adamw-ddp+full", "revffn+zero3-offload+full",
-                 "revexact+zero3-offload+full"):
+                 "revexact+zero3-offload+full", "fsdp2", "checkpoint+fsdp2-offload+full"):
         assert f"| {name} " in out
-    assert "refused" not in out  # both reversible designs run on every data-parallel layout
+    # Both reversible designs run on every DDP and ZeRO layout; FSDP2 alone refuses them, with the reason.
+    refused = [line.split(":")[0] for line in out.splitlines() if ": refused: " in line]
+    assert refused == [f"{design}+{states}+full" for design in ("revffn", "revexact")
+                       for states in ("fsdp2", "fsdp2-offload")]
+    assert "outside the module hooks by which FSDP2 gathers" in out
     assert "none up to 4096" in out  # DDP replicates: no rank count shrinks it
 
 

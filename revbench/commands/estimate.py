@@ -277,8 +277,9 @@ def estimate(args: argparse.Namespace) -> int:
     print(table(rows, args.budget, args.batch, args.seq).to_markdown())
     adamw = ("AdamW's multi-tensor (foreach) path, as torch takes it on CUDA" if args.device == "cuda"
              else "AdamW's per-parameter loop, as torch takes it on CPU")
-    print(f"Categories are the device's; `peak in` is the step phase of the device peak. host: what DeepSpeed "
-          f"offload keeps in host memory (fp32 master weights, gradients, Adam states). depth: extrapolated from "
+    print(f"Categories are the device's; `peak in` is the step phase of the device peak. host: what the offload "
+          f"keeps in host memory (DeepSpeed's fp32 master weights, gradients and Adam states; FSDP2's shards, their "
+          f"gradients and AdamW states). depth: extrapolated from "
           f"traces at three consecutive small depths, shown (each phase's peak and its categories exactly affine "
           f"there), or traced at the full depth. Wall time {wall:.1f} s. "
           f"Fake tensors run on the CPU device; byte counts are device-independent up to allocator rounding (CUDA "

@@ -85,7 +85,9 @@ def handle(args: argparse.Namespace) -> int:
         note = f" --fit holds the per-GPU batch and adds ranks{host}."
     print(f"Wall time {time.perf_counter() - start:.1f} s. Per GPU: the model states each rank keeps on its GPU, "
           f"ZeRO-3's gathered layer, and the backward transient of the per-rank batch (activations and the gradient "
-          f"in flight, from a fake-tensor step). Not counted: optimizer workspace, further gradient buckets, the "
-          f"CUDA context and fragmentation: leave headroom."
+          f"in flight, from a fake-tensor step). FSDP2's figures are its own step's peak on fake tensors as rank 0 "
+          f"of {args.gpus}, its gathered layers and reduce-scatter buffers in the transient (its optimizer workspace "
+          f"too). Not counted elsewhere: optimizer workspace, further gradient buckets; anywhere: the CUDA context "
+          f"and fragmentation: leave headroom."
           f"{note}")
     return 0

@@ -24,6 +24,7 @@ from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from revbench.estimate.depth import TRACED
+from revbench.estimate.fake_group import fake_world
 from revbench.estimate.layouts import use_layout
 from revbench.estimate.meta_build import fake_method_from_meta
 from revbench.measure.categories import TensorBytes
@@ -35,6 +36,7 @@ from revbench.models.dtypes import parse_dtype
 from revbench.spec import TrainSpec
 
 TARGETS = ("cuda", "cpu")
+FAKE_WORLD_STATES = ("fsdp2", "fsdp2-offload")  # they shard over a process group: a fake one here
 
 
 class GroupedMMAnyDtype(TorchDispatchMode):
@@ -118,8 +120,11 @@ class MethodStep:
 
     how, depths, note = TRACED, (), None  # at the depth it was built with
 
-    def __init__(self, name: str, spec: TrainSpec, target: str) -> None:
+    def __init__(self, name: str, spec: TrainSpec, target: str, ranks: int = 1) -> None:
         self.spec = target_spec(name, spec, target)
+        self.sharded, self.ranks = parse_method(name).states in FAKE_WORLD_STATES, ranks
+        if ranks > 1 and not self.sharded:
+            raise ValueError(f"{name!r} does not shard over a process group: its fake step runs on one rank")
         self.mode = FakeTensorMode()
         self.shim = shim_for(self.spec)
         # PEFT cannot build on fake tensors: it builds on the meta device, whose tensors then become fake.
@@ -140,7 +145,8 @@ class MethodStep:
     @contextlib.contextmanager
     def context(self) -> Iterator[None]:
         """Where the method's fake tensors may be stepped."""
-        with unpacked_sequences(), self.mode, self.shim:
+        with fake_world(self.ranks) if self.sharded else contextlib.nullcontext(), unpacked_sequences(), \
+                self.mode, self.shim:
             yield
 
     def train(self, batch: int, seq: int) -> Any:

@@ -2,7 +2,9 @@
 and with a budget the smallest N at which each fits.
 
 Per GPU = the composition's persistent device model states at N ranks (`sharding`, layout arithmetic) + ZeRO-3's
-gathered layer + the activation technique's transient bytes at the per-rank batch. The transient bytes come
+gathered layer + the activation technique's transient bytes at the per-rank batch. FSDP2 is no layout model: its
+own `fully_shard` steps on fake tensors as rank 0 of N on a fake process group (`fake_group`), and its peak is that
+step's, every category at once (gathered layers and reduce-scatter buffers included). The transient bytes come
 from a fake-tensor step of the activation technique with AdamW stepped in backward: its peak falls in backward,
 where it holds what forward kept for backward and the gradient being produced (a plain AdamW step's peak may
 fall in its optimizer phase, with no activations left). Not counted: the optimizer step's workspace (DDP's
@@ -20,8 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from revbench.activations import ACTIVATIONS
-from revbench.estimate.session import estimate_method
-from revbench.estimate.sharding import LAYOUTS, ModelShape, RankPeak, rank_states, smallest_ranks
+from revbench.estimate.fake_step import FAKE_WORLD_STATES
+from revbench.estimate.session import Estimate, Sessions
+from revbench.estimate.sharding import LAYOUTS, ModelShape, RankPeak, RankStates, rank_states, smallest_ranks
 from revbench.methods.composition import Composition
 from revbench.methods.method import techniques
 from revbench.ranks import check_divisible
@@ -31,7 +34,7 @@ from revbench.spec import TrainSpec
 def combinations(spec: TrainSpec) -> list[tuple[Composition, str | None]]:
     """Every activations x data-parallel states composition (full loss), with the reason where it cannot run."""
     out = []
-    for activations, states in itertools.product(ACTIVATIONS, LAYOUTS):
+    for activations, states in itertools.product(ACTIVATIONS, [*LAYOUTS, *FAKE_WORLD_STATES]):
         composition = Composition(activations, states, "full")
         try:
             techniques(composition, spec)
@@ -50,15 +53,56 @@ class ScaleOut:
     shape: ModelShape
     peaks: dict[str, RankPeak]
     refused: dict[str, str]  # composition -> why it cannot run
-    transient_errors: dict[str, str]  # activation technique -> why its fake step failed
+    transient_errors: dict[str, str]  # activation technique (or FSDP2 composition) -> why its fake step failed
     fits: dict[str, int | None]  # composition -> smallest ranks under the budget (None: not up to the cap)
 
 
-def transient_bytes(activations: str, spec: TrainSpec, target: str) -> tuple[int | None, str | None]:
-    estimate = estimate_method(f"{activations}+adamw-in-backward+full", spec, target)
-    if estimate.tensor_bytes is None:
-        return None, estimate.reason
-    return estimate.tensor_bytes.activations, None
+class RankPeaks:
+    """Per-GPU figures of compositions at any rank count and per-rank batch, each fake-tensor session built once:
+    the activation techniques' transients (with AdamW stepped in backward, one session for every batch) and
+    FSDP2's own step (one session per rank count)."""
+
+    def __init__(self, spec: TrainSpec, target: str, ranks_per_node: int = 8) -> None:
+        self.spec, self.target, self.ranks_per_node = spec, target, ranks_per_node
+        self.shape = ModelShape.of(spec.model, target)
+        self.transients = Sessions(spec, target)
+        self.traced: dict[int, Sessions] = {}
+
+    def transient(self, activations: str, batch: int) -> Estimate:
+        return self.transients.estimate(f"{activations}+adamw-in-backward+full", batch, self.spec.workload.seq)
+
+    def traced_estimate(self, name: str, ranks: int, batch: int) -> Estimate:
+        if ranks not in self.traced:
+            self.traced[ranks] = Sessions(self.spec, self.target, ranks=ranks)
+        return self.traced[ranks].estimate(name, batch, self.spec.workload.seq)
+
+    def reason(self, composition: Composition, ranks: int, batch: int) -> str | None:
+        """Why the composition has no figure at this size (its fake step failed), or None."""
+        estimate = (self.traced_estimate(composition.name, ranks, batch) if composition.states in FAKE_WORLD_STATES
+                    else self.transient(composition.activations, batch))
+        return estimate.reason if estimate.tensor_bytes is None else None
+
+    def peak(self, composition: Composition, ranks: int, batch: int) -> RankPeak:
+        if composition.states in FAKE_WORLD_STATES:
+            return traced_peak(self.traced_estimate(composition.name, ranks, batch), ranks, batch,
+                               self.ranks_per_node)
+        transient = self.transient(composition.activations, batch).tensor_bytes
+        return RankPeak(composition.name, ranks, batch, rank_states(composition.states, self.shape, ranks,
+                                                                     self.target),
+                        transient.activations if transient else None, self.ranks_per_node)
+
+
+def traced_peak(estimate: Estimate, ranks: int, rank_batch: int, ranks_per_node: int) -> RankPeak:
+    """One rank's figures from the composition's own step at `ranks` ranks: its model states at the peak as the
+    states, the rest (activations, gathered weights, buffers in flight) as the transient."""
+    device, host = estimate.tensor_bytes, estimate.host_bytes
+    if device is None:
+        return RankPeak(estimate.method, ranks, rank_batch, RankStates(0, 0, 0), None, ranks_per_node)
+    host_params, host_grads, host_optimizer = (host.params, host.grads, host.optimizer) if host else (0, 0, 0)
+    states = RankStates(params=device.params + host_params, grads=device.grads + host_grads,
+                        optimizer=device.optimizer + host_optimizer, host_params=host_params, host_grads=host_grads,
+                        host_optimizer=host_optimizer)
+    return RankPeak(estimate.method, ranks, rank_batch, states, device.activations + device.workspace, ranks_per_node)
 
 
 def estimate_scale_out(spec: TrainSpec, ranks: int, target: str = "cuda", ranks_per_node: int = 8,
@@ -68,17 +112,15 @@ def estimate_scale_out(spec: TrainSpec, ranks: int, target: str = "cuda", ranks_
     smallest rank count at which each combination fits."""
     check_divisible(spec.workload.batch, ranks)
     rank_batch = spec.workload.batch // ranks
-    rank_spec = replace(spec, workload=replace(spec.workload, batch=rank_batch))
-    shape = ModelShape.of(spec.model, target)
+    peaks_at = RankPeaks(replace(spec, workload=replace(spec.workload, batch=rank_batch)), target, ranks_per_node)
     found = combinations(spec)
-    transient: dict[str, int | None] = {}
     errors: dict[str, str] = {}
     for activations in dict.fromkeys(c.activations for c, reason in found if reason is None):
         if progress:
             progress(f"activations of {activations} at batch {rank_batch} per rank ...")
-        transient[activations], error = transient_bytes(activations, rank_spec, target)
-        if error:
-            errors[activations] = error
+        estimate = peaks_at.transient(activations, rank_batch)
+        if estimate.tensor_bytes is None:
+            errors[activations] = estimate.reason or "no estimate"
     peaks, refused, fits = {}, {}, {}
     for composition, reason in found:
         if reason is not None:
@@ -86,14 +128,18 @@ def estimate_scale_out(spec: TrainSpec, ranks: int, target: str = "cuda", ranks_
             continue
 
         def peak(n: int, c: Composition = composition) -> RankPeak:
-            return RankPeak(c.name, n, rank_batch, rank_states(c.states, shape, n, target), transient[c.activations],
-                            ranks_per_node)
+            return peaks_at.peak(c, n, rank_batch)
 
+        if composition.states in FAKE_WORLD_STATES and progress:
+            progress(f"{composition.name}: fully_shard over {ranks} fake ranks ...")
         peaks[composition.name] = peak(ranks)
-        if budget is not None and transient[composition.activations] is not None:
+        if peaks[composition.name].per_gpu is None and composition.states in FAKE_WORLD_STATES:
+            errors[composition.name] = peaks_at.reason(composition, ranks, rank_batch) or "no estimate"
+        if budget is not None and peaks[composition.name].per_gpu is not None:
             def fit(n: int, p: Callable[[int], RankPeak] = peak) -> bool:
                 at = p(n)
-                return at.per_gpu <= budget and (host_budget is None or at.host_per_node <= host_budget)
+                return at.per_gpu is not None and at.per_gpu <= budget and (
+                    host_budget is None or at.host_per_node <= host_budget)
 
             fits[composition.name] = smallest_ranks(fit)
-    return ScaleOut(ranks, spec.workload.batch, shape, peaks, refused, errors, fits)
+    return ScaleOut(ranks, spec.workload.batch, peaks_at.shape, peaks, refused, errors, fits)

@@ -7,6 +7,7 @@ probes and a table of methods pay the model build and the warm-up step once.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -33,7 +34,8 @@ from revbench.spec import TrainSpec
 @dataclass
 class Estimate:
     """One method's estimated peak, or why there is none. `tensor_bytes` is what the device holds at its peak;
-    `host_bytes` what the method keeps in host memory (DeepSpeed offload), None where it keeps nothing there."""
+    `host_bytes` what the method keeps in host memory (DeepSpeed's or FSDP2's offload), None where it keeps nothing
+    there."""
 
     method: str
     status: str  # "ok" or "error"
@@ -67,12 +69,14 @@ class Estimate:
                 "seconds": round(self.seconds, 2)}
 
 
-def open_session(name: str, spec: TrainSpec, target: str, extrapolate: bool | None = None) -> Session:
+def open_session(name: str, spec: TrainSpec, target: str, extrapolate: bool | None = None, ranks: int = 1
+                 ) -> Session:
     """The session that estimates `name`: DeepSpeed's layout model for the ZeRO offload model states, fake tensors
     otherwise (LoRA through a meta-device build, 8-bit AdamW through bitsandbytes' state layout). A fake-tensor
     step deeper than EXTRAPOLATE_PAST layers is traced at small depths and extrapolated (`extrapolate` None); True
-    extrapolates any depth past the ladder's first rung, False traces the full depth."""
-    step = ZeroStep if parse_method(name).states in ZERO_STATES else MethodStep
+    extrapolates any depth past the ladder's first rung, False traces the full depth. `ranks`: the world that
+    FSDP2 shards over (this process its rank 0, on a fake process group), with `spec`'s batch per rank."""
+    step = ZeroStep if parse_method(name).states in ZERO_STATES else functools.partial(MethodStep, ranks=ranks)
     config = build_config(spec.model)
     layers = config.num_hidden_layers
     wanted = layers > EXTRAPOLATE_PAST if extrapolate is None else extrapolate and layers > LADDER[RUNG - 1]
@@ -103,8 +107,8 @@ def _describe(exc: BaseException) -> str:
 class Sessions:
     """Sessions by method, for one spec and target: each is built on first use, and a failure is kept."""
 
-    def __init__(self, spec: TrainSpec, target: str, extrapolate: bool | None = None) -> None:
-        self.spec, self.target, self.extrapolate = spec, target, extrapolate
+    def __init__(self, spec: TrainSpec, target: str, extrapolate: bool | None = None, ranks: int = 1) -> None:
+        self.spec, self.target, self.extrapolate, self.ranks = spec, target, extrapolate, ranks
         self._open: dict[str, Session | Estimate] = {}
         self._done: dict[tuple[str, int, int], Estimate] = {}  # a size probed twice (a fit's seed) is stepped once
         self._guessed: dict[tuple[str, int, int], Estimate] = {}
@@ -114,7 +118,7 @@ class Sessions:
         if name not in self._open:
             start = time.perf_counter()
             try:
-                self._open[name] = open_session(name, self.spec, self.target, self.extrapolate)
+                self._open[name] = open_session(name, self.spec, self.target, self.extrapolate, self.ranks)
             except (ImportError, RuntimeError, NotImplementedError, TypeError, AssertionError) as exc:
                 # A method that is not installed or cannot run on fake tensors says why; a bad spec
                 # (ValueError) still propagates.
@@ -144,12 +148,26 @@ class Sessions:
             phases = session.guess_peaks(batch, seq) if guessing else session.phase_peaks(batch, seq)
         except (RuntimeError, NotImplementedError, TypeError, AssertionError) as exc:
             return Estimate(name, "error", reason=_describe(exc), seconds=time.perf_counter() - start)
-        return Estimate(name, "ok", tensor_bytes=step_peak(phases), host_bytes=session.host,
+        device, host = split_host(step_peak(phases), session.host)
+        return Estimate(name, "ok", tensor_bytes=device, host_bytes=host,
                         seconds=time.perf_counter() - start, parameters=session.parameters,
                         depth=session.how, depths=session.depths, depth_note=session.note,
                         phase_peaks={phase: b.total for phase, b in phases.items()})
 
 
-def estimate_method(name: str, spec: TrainSpec, target: str = "cuda", extrapolate: bool | None = None) -> Estimate:
-    """Estimate the peak bytes of one measured step of `name` on `spec` for device kind `target`."""
-    return Sessions(spec, target, extrapolate).estimate(name, spec.workload.batch, spec.workload.seq)
+def split_host(peak: TensorBytes, host: TensorBytes | None) -> tuple[TensorBytes, TensorBytes | None]:
+    """(device, host) bytes at the peak. A layout model (ZeRO) gives its host bytes apart; a fake step that keeps
+    states in host memory (FSDP2's CPU offload) counts them in its peak as `host_*`, moved to the host side here."""
+    if host is not None or not peak.host:
+        return peak, host
+    device = replace(peak, params=peak.params - peak.host_params, grads=peak.grads - peak.host_grads,
+                     optimizer=peak.optimizer - peak.host_optimizer, host_params=0, host_grads=0, host_optimizer=0)
+    return device, TensorBytes(params=peak.host_params, grads=peak.host_grads, optimizer=peak.host_optimizer,
+                               activations=0, method=f"{peak.method} host")
+
+
+def estimate_method(name: str, spec: TrainSpec, target: str = "cuda", extrapolate: bool | None = None,
+                    ranks: int = 1) -> Estimate:
+    """Estimate the peak bytes of one measured step of `name` on `spec` for device kind `target`; for a sharding
+    FSDP2 composition, of rank 0 of `ranks` ranks each stepping `spec`'s batch."""
+    return Sessions(spec, target, extrapolate, ranks).estimate(name, spec.workload.batch, spec.workload.seq)

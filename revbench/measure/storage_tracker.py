@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper_subclass
 from torch.utils._pytree import tree_flatten
 
 from revbench.measure.categories import (
@@ -46,6 +46,18 @@ def may_allocate(func: Any) -> bool:
     return any(r.alias_info is None and "Tensor" in str(r.type) for r in schema.returns)
 
 
+def memory_tensors(values: Any) -> Iterator[torch.Tensor]:
+    """The tensors that hold memory in `values` (any nesting). A wrapper subclass holds none itself: a DTensor's
+    (FSDP2's sharded parameters, AdamW's states on them) is its local tensor, whose ops run below this mode."""
+    for t in tree_flatten(values)[0]:
+        if not isinstance(t, torch.Tensor):
+            continue
+        if is_traceable_wrapper_subclass(t):
+            yield from memory_tensors([getattr(t, name) for name in t.__tensor_flatten__()[0]])
+        else:
+            yield t
+
+
 class StorageTracker(TorchDispatchMode):
     """Tracks every storage an op creates, plus storages registered up front, and records the peak."""
 
@@ -70,8 +82,35 @@ class StorageTracker(TorchDispatchMode):
         self.keys: dict[int, int] = {}
         self.step_start = 0  # the first event of the step; those before register the model states
 
+    def __enter__(self) -> StorageTracker:
+        # FSDP2 frees a layer's gathered weights by resizing their storage to 0 bytes and allocates them again by
+        # resizing it back, in place and outside the dispatcher: the tracker hears of it through resize_ itself.
+        self._resize = torch.UntypedStorage.resize_
+
+        def resize_(storage: torch.UntypedStorage, size: int) -> torch.UntypedStorage:
+            out = self._resize(storage, size)
+            self.resized(storage)
+            return out
+
+        torch.UntypedStorage.resize_ = resize_
+        return super().__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        torch.UntypedStorage.resize_ = self._resize
+        super().__exit__(*exc)
+
+    def resized(self, storage: torch.UntypedStorage) -> None:
+        """A storage resized in place: its old block freed, and a new one allocated unless it is now empty."""
+        if storage._cdata in self.live:
+            self._release(storage._cdata)
+        if storage.nbytes():
+            self._track(storage)
+
     def track(self, t: torch.Tensor) -> None:
-        storage, key = t.untyped_storage(), storage_key(t)
+        self._track(t.untyped_storage())
+
+    def _track(self, storage: torch.UntypedStorage) -> None:
+        key = storage._cdata  # measure.categories.storage_key
         if key in self.live:
             return
         nbytes, serial, phase = storage.nbytes(), next(self._serials), current_phase()
@@ -106,10 +145,9 @@ class StorageTracker(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         if not may_allocate(func):
             return out
-        inputs = set() if func in _LIFTED else {
-            storage_key(t) for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and storage_key(t) not in inputs:
+        inputs = set() if func in _LIFTED else {storage_key(t) for t in memory_tensors((args, kwargs))}
+        for t in memory_tensors(out):
+            if storage_key(t) not in inputs:
                 self.track(t)
         return out
 

@@ -63,6 +63,8 @@ PRESETS: dict[str, Composition] = {
     "revffn": Composition("revffn", "adamw", "full"),
     "revffn-zero2-offload": Composition("revffn", "zero2-offload", "full"),
     "revexact": Composition("revexact", "adamw", "full"),
+    "fsdp2": Composition("store", "fsdp2", "full"),
+    "fsdp2-offload": Composition("store", "fsdp2-offload", "full"),
 }
 
 

@@ -10,8 +10,6 @@ peak device memory is drawn against tokens per step. No GPU is needed. The figur
 from __future__ import annotations
 
 import functools
-import hashlib
-import importlib.metadata
 import json
 import time
 from collections.abc import Callable
@@ -22,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from revbench.models import ModelSpec
+from revbench.reports.fingerprint import BUDGET, source_fingerprint
 from revbench.reports.paper import load_paper_reference
 from revbench.spec import TrainSpec
 from revbench.units import BINARY, format_bytes
@@ -31,9 +30,6 @@ if TYPE_CHECKING:
     from revbench.reports.context import ReportContext
 
 GiB = BINARY["GiB"]
-# The vendors' "80 GB" is near 80 GiB (nvidia-smi shows 81,559 MiB on an H100/H800 80GB). The CUDA context,
-# kernel workspaces and fragmentation take a GiB or two of it, which tensor bytes do not include.
-BUDGET = 80 * GiB
 CACHE, TABLE_CSV, CURVES_CSV, PLOT = "paper_scale.json", "paper_scale.csv", "paper_scale_curves.csv", "paper_scale.png"
 TIMELINE = "paper_scale_timeline.png"  # and its CSV beside it
 TIMELINE_POINTS = 400  # per composition in the cache: the picture's resolution, and the peak kept to the byte
@@ -121,18 +117,6 @@ def curve(name: str, point: Point) -> dict[str, Any]:
             "longest_seq": longest, "seconds": round(time.perf_counter() - start, 1)}
 
 
-def _fingerprint(point: Point) -> dict[str, Any]:
-    """What the figures depend on: the points, revbench's source outside the reports and the library versions."""
-    import revbench
-
-    source = hashlib.sha256()
-    for path in sorted(Path(revbench.__file__).parent.rglob("*.py")):
-        if path.parent.name != "reports":
-            source.update(path.read_bytes())
-    versions = {name: importlib.metadata.version(name) for name in ("torch", "transformers", "deepspeed", "peft")}
-    return json.loads(json.dumps({"point": point.__dict__, "source": source.hexdigest(), **versions}))
-
-
 def curve_cost(name: str, point: Point) -> int:
     """A guess at a curve's time, to start the longest first: a long-context composition also searches the longest
     sequence at each of `point.seq_batches` (each search about as long as the curve itself, measured)."""
@@ -146,7 +130,7 @@ def compute(point: Point, cache: Path, progress: Callable[[str], None] | None = 
     from revbench.processes import map_processes
     from revbench.progress import ItemsProgress
 
-    fingerprint = _fingerprint(point)
+    fingerprint = source_fingerprint(point)
     figures = json.loads(cache.read_text()) if cache.is_file() else {}
     if figures.get("fingerprint") == fingerprint:
         return figures
@@ -366,14 +350,18 @@ def _timeline_text(timelines: dict[str, dict[str, Any]], point: Point, out: Path
 def at_paper_scale(ctx: ReportContext) -> str:
     """The section in a report: `render.add_section(at_paper_scale, after="paper_comparison")`. Minutes on the
     first render of a new source tree (then cached in the report directory): opt in, not in every report."""
-    return paper_scale_section(ctx.out_dir)
+    from revbench.reports.paper_scale_gpus import gpus_section
+
+    return paper_scale_section(ctx.out_dir) + "\n" + gpus_section(Path(ctx.out_dir))
 
 
 def write_paper_scale(out_dir: str | Path, point: Point | None = None,
                       progress: Callable[[str], None] | None = None) -> Path:
-    """The section alone, as `out_dir/report.md` (no run records needed)."""
+    """The section alone, with its multi-GPU part, as `out_dir/report.md` (no run records needed)."""
+    from revbench.reports.paper_scale_gpus import gpus_section
+
     out = Path(out_dir)
-    markdown = paper_scale_section(out, point, progress)
+    markdown = paper_scale_section(out, point, progress) + "\n" + gpus_section(out, progress=progress)
     (out / "report.md").write_text(f"# revbench: at paper scale\n\n{markdown}")
     return out / "report.md"
 

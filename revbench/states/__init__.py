@@ -16,4 +16,6 @@ STATES: dict[str, str] = {
     "zero2-offload": "revbench.states.zero_offload:Zero2Offload",
     "zero3-offload": "revbench.states.zero_offload:Zero3Offload",
     "lora": "revbench.states.lora:Lora",
+    "fsdp2": "revbench.states.fsdp2:FSDP2",
+    "fsdp2-offload": "revbench.states.fsdp2:FSDP2Offload",
 }
