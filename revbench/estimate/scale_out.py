@@ -71,25 +71,27 @@ class RankPeaks:
     def transient(self, activations: str, batch: int) -> Estimate:
         return self.transients.estimate(f"{activations}+adamw-in-backward+full", batch, self.spec.workload.seq)
 
-    def traced_estimate(self, name: str, ranks: int, batch: int) -> Estimate:
+    def estimate(self, composition: Composition, ranks: int, batch: int) -> Estimate:
+        """The fake-tensor estimate a composition's figure comes from: FSDP2's own step at `ranks` ranks, else its
+        activation technique's transient."""
+        if composition.states not in FAKE_WORLD_STATES:
+            return self.transient(composition.activations, batch)
         if ranks not in self.traced:
             self.traced[ranks] = Sessions(self.spec, self.target, ranks=ranks)
-        return self.traced[ranks].estimate(name, batch, self.spec.workload.seq)
+        return self.traced[ranks].estimate(composition.name, batch, self.spec.workload.seq)
 
     def reason(self, composition: Composition, ranks: int, batch: int) -> str | None:
         """Why the composition has no figure at this size (its fake step failed), or None."""
-        estimate = (self.traced_estimate(composition.name, ranks, batch) if composition.states in FAKE_WORLD_STATES
-                    else self.transient(composition.activations, batch))
+        estimate = self.estimate(composition, ranks, batch)
         return estimate.reason if estimate.tensor_bytes is None else None
 
     def peak(self, composition: Composition, ranks: int, batch: int) -> RankPeak:
+        estimate = self.estimate(composition, ranks, batch)
         if composition.states in FAKE_WORLD_STATES:
-            return traced_peak(self.traced_estimate(composition.name, ranks, batch), ranks, batch,
-                               self.ranks_per_node)
-        transient = self.transient(composition.activations, batch).tensor_bytes
-        return RankPeak(composition.name, ranks, batch, rank_states(composition.states, self.shape, ranks,
-                                                                     self.target),
-                        transient.activations if transient else None, self.ranks_per_node)
+            return traced_peak(estimate, ranks, batch, self.ranks_per_node)
+        states = rank_states(composition.states, self.shape, ranks, self.target)
+        transient = estimate.tensor_bytes.activations if estimate.tensor_bytes else None
+        return RankPeak(composition.name, ranks, batch, states, transient, self.ranks_per_node)
 
 
 def traced_peak(estimate: Estimate, ranks: int, rank_batch: int, ranks_per_node: int) -> RankPeak:

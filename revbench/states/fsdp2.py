@@ -127,7 +127,6 @@ class FSDP2(ModelStates):
 
 class FSDP2Offload(FSDP2):
     name = "fsdp2-offload"
-    precision = FSDP2.precision
     data_parallel = "parameter shards, gradients and AdamW states sharded over the ranks, in host memory"
     offload = True
 
