@@ -189,6 +189,11 @@ ESTIMATE: dict[str, tuple[list[str], str]] = {
     "method-unknown": (["--model", "tiny-qwen2-moe", "--method", "adam"], "unknown method 'adam'"),
     "dtype-unknown": (["--model", "tiny-qwen2-moe", "--dtype", "fp8"], "unknown dtype 'fp8'"),
     "device-unknown": (["--model", "tiny-qwen2-moe", "--device", "tpu"], "invalid choice: 'tpu'"),
+    "option-untaken": (["--model", "tiny-qwen2-moe", "--method", "standard", "--option", "checkpoint_every=2"],
+                       "--option checkpoint_every: none of the methods takes it (their options: tile_tokens)"),
+    "option-no-value": (["--model", "tiny-qwen2-moe", "--option", "checkpoint_every"], "expected KEY=VALUE"),
+    "option-with-gpus": (["--model", "tiny-qwen2-moe", "--gpus", "2", "--option", "checkpoint_every=2"],
+                         "--option applies to the one-GPU estimate"),
 }
 
 QUALITY: dict[str, tuple[str | None, list[str], str]] = {

@@ -43,7 +43,7 @@ def bounds(composition: Composition) -> tuple[int, int]:
     if composition.states == "zero3-offload":
         experts = (8 * 512 * 128 + 8 * 128 * 256) * 4  # the largest module's own parameters (the fused experts)
         return -(experts + int(0.9 * 128 * 128) * 4), 0  # plus the prefetch bucket: ZeRO-3's gathered working set
-    high = SCALARS + (RNG_STATE if composition.activations == "checkpoint" else 0)
+    high = SCALARS + (RNG_STATE if composition.activations.endswith("checkpoint") else 0)
     if composition.states.startswith("adamw-8bit"):
         high += 5 * largest  # bitsandbytes' CPU update dequantizes to float32; the estimate models the CUDA kernel
     return 0, high
@@ -57,7 +57,13 @@ CASES = [pytest.param(c, id=c.name) for c in combinations()]
 def test_estimate_matches_the_measured_step(composition: Composition) -> None:
     gc.collect()  # earlier tests' garbage, collected inside the measured window, would lower the measured peak
     spec = spec_for(composition)
-    measured = run_method(composition.name, spec, steps=1, warmup=1).metrics["memory"]["tensor_bytes"]
+    # A free that gloo's worker thread makes is missed by the profiler (measure/profiler_bytes.py): under load one
+    # ZeRO step in a few reads high by that block, and says so. Such a step is measured again.
+    for _ in range(3):
+        memory = run_method(composition.name, spec, steps=1, warmup=1).metrics["memory"]
+        if not memory["profiler_missed_frees"]:
+            break
+    measured = memory["tensor_bytes"]
     estimate = estimate_method(composition.name, spec, target="cpu")
     assert estimate.status == "ok", estimate.reason
     host = estimate.host_bytes

@@ -92,7 +92,7 @@ def test_method_two_stage_schedule() -> None:
     spec = TrainSpec(model=ModelSpec("tiny-qwen2-moe", layers=2, hidden=64), workload=Workload(batch=2, seq=16),
                      options={"stage": "two-stage", "warmup_steps": 1, "max_iters": 40})
     method = create_method("revffn", spec)
-    assert set(OPTION_NAMES) | {"stage", "warmup_steps"} == set(option_names(parse_method("revffn")))
+    assert set(OPTION_NAMES) | {"stage", "warmup_steps", "tile_tokens"} == set(option_names(parse_method("revffn")))
     method.prepare()
     model = method.model
     new = {n for n, _ in model.new_parameters()}

@@ -110,7 +110,7 @@ def test_bad_values_in_a_sweep_and_bad_set_keys_are_named(tmp_path: Path) -> Non
         load_suite("nope")
     with pytest.raises(SuiteError, match="must hold a mapping"):
         load_suite(write(tmp_path, "- standard\n"))
-    with pytest.raises(SuiteError, match=r"options.standard.foo: unknown option; standard takes no options"):
+    with pytest.raises(SuiteError, match=r"options.standard.foo: unknown option; standard takes tile_tokens"):
         from revbench.orchestrator.plan import check_options
 
         check_options(load_suite(write(tmp_path, "options: {standard: {foo: 1}}\n")))

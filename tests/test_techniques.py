@@ -57,7 +57,7 @@ def test_combinations_that_cannot_work_are_refused_with_the_reason() -> None:
         create_method("revffn+zero3-offload+full", spec(adapters="shared"))
     with pytest.raises(ValueError, match="'adamw-8bit' does not use"):
         create_method("store+adamw-8bit+full", TrainSpec(optimizer=OptimizerSpec(implementation="fused")))
-    with pytest.raises(ValueError, match="has no option rank; its options are chunk_tokens"):
+    with pytest.raises(ValueError, match="has no option rank; its options are chunk_tokens, tile_tokens"):
         create_method("store+adamw+chunked", spec(rank=4))
 
 

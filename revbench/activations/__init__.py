@@ -3,6 +3,7 @@
 ACTIVATIONS: dict[str, str] = {
     "store": "revbench.activations.store:Store",
     "checkpoint": "revbench.activations.checkpoint:Checkpoint",
+    "selective-checkpoint": "revbench.activations.selective_checkpoint:SelectiveCheckpoint",
     "revffn": "revbench.activations.revffn:RevFFN",
     "revexact": "revbench.activations.revexact:RevExact",
 }

@@ -6,7 +6,11 @@ from typing import Any, ClassVar
 
 from torch import nn
 
+from revbench.activations.tiling import check_tile_tokens, tile
 from revbench.spec import TrainSpec
+
+# Options every activation technique takes: tiling is orthogonal to what a technique keeps of each layer.
+SHARED_OPTION_NAMES = ("tile_tokens",)
 
 
 class Activations:
@@ -17,6 +21,11 @@ class Activations:
 
     def __init__(self, spec: TrainSpec) -> None:
         self.spec = spec
+        self.tile_tokens = check_tile_tokens(spec.options.get("tile_tokens"))
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """The model that trains: its MoE blocks tiled where asked (tiling.py), then converted by `build`."""
+        return self.build(tile(model, self.tile_tokens) if self.tile_tokens else model)
 
     def build(self, model: nn.Module) -> nn.Module:
         return model

@@ -47,3 +47,16 @@ def comma_list(text: str) -> list[str]:
     if not items:
         raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
     return items
+
+
+def option(text: str) -> tuple[str, object]:
+    """A technique option `KEY=VALUE`, the value read as YAML reads a suite's (`2` an integer, `true` a bool)."""
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. checkpoint_every=2), got {text!r}")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise argparse.ArgumentTypeError(f"the value of {key.strip()!r} is not a YAML scalar: {value!r}") from None

@@ -8,12 +8,12 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from revbench.commands import estimate_gpus
-from revbench.commands.args import at_least_two, positive, size
+from revbench.commands.args import at_least_two, option, positive, size
 from revbench.processes import start_server
 from revbench.units import format_bytes
 
@@ -62,6 +62,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--timeline", type=timeline_path, default=None, metavar="PNG",
                         help="also draw each method's live bytes over one step (traced at the full depth), stacked "
                              "by category with the phases shaded, one panel per method; its data go to a CSV beside")
+    parser.add_argument("--max-seq", type=at_least_two, default=None, metavar="N",
+                        help="with --fit: search sequences up to N tokens instead of the model's "
+                        "max_position_embeddings (long-context fine-tuning extends the positions with RoPE scaling, "
+                        "which the run's config must set; it changes no tensor's size)")
+    parser.add_argument("--option", dest="options", type=option, action="append", default=[], metavar="KEY=VALUE",
+                        help="a technique option (repeatable), e.g. checkpoint_every=2: given to each method whose "
+                        "techniques take it")
     estimate_gpus.add_arguments(parser)
     parser.set_defaults(handler=handle)
 
@@ -152,6 +159,27 @@ def table(rows: list[Row], budget: int | None, batch: int, seq: int) -> pd.DataF
     return pd.DataFrame(out).set_index("method")
 
 
+def options_for(name: str, options: list[tuple[str, object]]) -> dict[str, object]:
+    """The method's share of the --option values: those its techniques take."""
+    from revbench.methods import parse_method
+    from revbench.methods.composition import option_names
+
+    taken = option_names(parse_method(name))
+    return {key: value for key, value in options if key in taken}
+
+
+def check_options(names: list[str], options: list[tuple[str, object]]) -> None:
+    """Refuse an --option that none of the methods takes, before any estimate runs."""
+    from revbench.methods import parse_method
+    from revbench.methods.composition import option_names
+
+    taken = {o for name in names for o in option_names(parse_method(name))}
+    for key, _ in options:
+        if key not in taken:
+            raise ValueError(f"--option {key}: none of the methods takes it (their options: "
+                             f"{', '.join(sorted(taken)) or 'none'})")
+
+
 def estimate_row(name: str, spec: TrainSpec, args: argparse.Namespace,
                  progress: Callable[[str], None] | None = None) -> Row:
     """One method's estimate and fits, each probe told to `progress`. A method's session serves all its probes;
@@ -159,13 +187,15 @@ def estimate_row(name: str, spec: TrainSpec, args: argparse.Namespace,
     from revbench.estimate import Sessions, fit_method
 
     start = time.perf_counter()
+    spec = replace(spec, options=options_for(name, args.options))
     sessions = Sessions(spec, args.device)
     estimate = sessions.estimate(name, args.batch, args.seq)
     fits: dict[str, Fit] = {}
     if args.fit and estimate.status == "ok":
         for axis in AXES if args.fit == "both" else (args.fit,):
             seed = {getattr(args, axis): estimate.peak_bytes}  # the given size is a probe already made
-            fits[axis] = fit_method(name, spec, args.budget, axis, args.device, progress=progress, probes=seed,
+            cap = args.max_seq if axis == "seq" else None
+            fits[axis] = fit_method(name, spec, args.budget, axis, args.device, cap=cap, progress=progress, probes=seed,
                                     sessions=sessions)
     return Row(estimate, fits, time.perf_counter() - start)
 
@@ -238,6 +268,7 @@ def handle(args: argparse.Namespace) -> int:
 
 def estimate(args: argparse.Namespace) -> int:
     from revbench.models import ModelSpec, build_config
+    from revbench.models.attention import attention_path
     from revbench.models.dtypes import parse_dtype
     from revbench.models.validate import ShapeError, validate_model
     from revbench.spec import TrainSpec
@@ -245,8 +276,11 @@ def estimate(args: argparse.Namespace) -> int:
 
     args.batch = args.batch or 2
     names = _methods(args.method)
+    check_options(names, args.options)
     if args.fit and args.budget is None:
         raise ValueError("--fit needs --budget, e.g. --budget 80GiB")
+    if args.max_seq is not None and args.fit not in ("seq", "both"):
+        raise ValueError("--max-seq caps the sequence search: give it with --fit (or --fit seq)")
     model = ModelSpec(args.model, layers=args.layers, dtype=args.dtype)
     try:
         validate_model(model)
@@ -255,9 +289,12 @@ def estimate(args: argparse.Namespace) -> int:
         raise ValueError(f"{flag}: {exc.message}") from None
     spec = TrainSpec(model=model, workload=Workload(batch=args.batch, seq=args.seq, data="synthetic"))
     dtype = str(parse_dtype(args.dtype, args.device)).removeprefix("torch.")
-    layers = build_config(model).num_hidden_layers
+    config = build_config(model)
+    layers = config.num_hidden_layers
+    attention = attention_path(config, args.seq)
     context = {"model": args.model, "layers": layers, "dtype": dtype, "device": args.device, "batch": args.batch,
-               "seq": args.seq}
+               "seq": args.seq, "attention": attention,
+               "max_seq": args.max_seq or config.max_position_embeddings if args.fit in ("seq", "both") else None}
     start = time.perf_counter()
     rows = estimate_rows(names, spec, args)
     wall = time.perf_counter() - start
@@ -275,6 +312,13 @@ def estimate(args: argparse.Namespace) -> int:
     print(f"Estimated peak memory of one training step after a warm-up step: {about}, batch {args.batch} x seq "
           f"{args.seq}, {dtype}, {args.device} code path{budget}")
     print(table(rows, args.budget, args.batch, args.seq).to_markdown())
+    print(f"Attention estimated: {attention}.")
+    if args.fit in ("seq", "both"):
+        limit = (f"--max-seq {args.max_seq:,} (the model's max_position_embeddings is "
+                 f"{config.max_position_embeddings:,}: positions past it need RoPE scaling in the run's config)"
+                 if args.max_seq else f"the model's max_position_embeddings, {config.max_position_embeddings:,} "
+                 "(lift it with --max-seq)")
+        print(f"Sequences searched up to {limit}; a '+' marks a search that reached it still fitting.")
     adamw = ("AdamW's multi-tensor (foreach) path, as torch takes it on CUDA" if args.device == "cuda"
              else "AdamW's per-parameter loop, as torch takes it on CPU")
     print(f"Categories are the device's; `peak in` is the step phase of the device peak. host: what the offload "

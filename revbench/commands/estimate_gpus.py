@@ -57,6 +57,8 @@ def handle(args: argparse.Namespace) -> int:
         raise ValueError("--host-budget applies to --gpus N --fit")
     if args.method != "all":
         raise ValueError("--gpus estimates every data-parallel method; leave --method out")
+    if args.options:
+        raise ValueError("--option applies to the one-GPU estimate; --gpus estimates each method as its preset runs")
     args.batch = args.batch or args.gpus
     if args.batch % args.gpus:
         raise ValueError(f"--batch {args.batch} is the global batch and must split evenly over --gpus {args.gpus}; "

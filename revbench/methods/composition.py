@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from revbench.activations import ACTIVATIONS
+from revbench.activations.base import SHARED_OPTION_NAMES
 from revbench.loss import LOSSES
 from revbench.states import STATES
 
@@ -89,7 +90,13 @@ def technique_classes(composition: Composition) -> dict[str, type[Any]]:
     return {axis: technique_class(axis, getattr(composition, axis)) for axis in AXES}
 
 
+def technique_option_names(axis: str, name: str) -> tuple[str, ...]:
+    """The options one technique takes (an activation technique also those every one takes: tiling)."""
+    return (*technique_class(axis, name).option_names, *(SHARED_OPTION_NAMES if axis == "activations" else ()))
+
+
 def option_names(composition: Composition) -> tuple[str, ...]:
-    """Every option the composition's techniques take."""
-    return tuple(name for cls in technique_classes(composition).values() for name in cls.option_names)
+    """Every option the composition's techniques take (the options every activation technique takes last)."""
+    return (*(name for cls in technique_classes(composition).values() for name in cls.option_names),
+            *SHARED_OPTION_NAMES)
 

@@ -87,7 +87,7 @@ class Method:
         """The model as the model-state technique takes it: built, converted by the activation technique, with the
         loss technique's head installed."""
         model = build_model(self.spec.model, seed=self.spec.seed, device=self.device).train()
-        model = self.activations.build(model)
+        model = self.activations.prepare(model)
         self.loss.install(model)
         return model
 

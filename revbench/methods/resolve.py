@@ -11,7 +11,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from revbench.methods.composition import AXES, Composition, option_names, parse_method, technique_class
+from revbench.methods.composition import (
+    AXES,
+    Composition,
+    option_names,
+    parse_method,
+    technique_class,
+    technique_option_names,
+)
 from revbench.methods.method import techniques
 from revbench.models import ModelSpec, build_config, num_experts, parse_dtype
 from revbench.ranks import check_divisible
@@ -86,7 +93,7 @@ def check_option_keys(options: dict[str, dict[str, Any]]) -> None:
             continue
         try:
             axis = next((a for a, registry in AXES.items() if key in registry), None)
-            allowed = technique_class(axis, key).option_names if axis else option_names(parse_method(key))
+            allowed = technique_option_names(axis, key) if axis else option_names(parse_method(key))
         except ImportError:
             continue
         unknown = sorted(set(values) - set(allowed))

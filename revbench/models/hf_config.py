@@ -64,6 +64,9 @@ def read_config(path: str | Path, overrides: dict[str, Any] | None = None) -> tu
 
 def configure(config: PretrainedConfig, attn_impl: str, experts_impl: str) -> PretrainedConfig:
     """Apply the kernel choices to a config, and collect router logits (for the auxiliary loss)."""
+    from revbench.models.attention import skip_unused_sliding_masks
+
+    skip_unused_sliding_masks()  # the forward of any model configured here builds no mask that no layer reads
     config._attn_implementation = attn_impl
     config._experts_implementation = experts_impl
     config.output_router_logits = True
