@@ -6,7 +6,7 @@ import pandas as pd
 
 from revbench.cli import main
 from revbench.data import Workload
-from revbench.estimate import fit_method
+from revbench.estimate import estimate_method, fit_method
 from revbench.estimate.scale_out import RankPeaks
 from revbench.methods import parse_method
 from revbench.models import ModelSpec
@@ -14,6 +14,9 @@ from revbench.reports.paper_scale import CACHE, CURVES_CSV, PLOT, TABLE_CSV, TIM
 from revbench.reports.paper_scale_gpus import CACHE as GPUS_CACHE
 from revbench.reports.paper_scale_gpus import TABLE_CSV as GPUS_CSV
 from revbench.reports.paper_scale_gpus import GpusPoint, gpus_section
+from revbench.reports.paper_scale_long import CACHE as LONG_CACHE
+from revbench.reports.paper_scale_long import TABLE_CSV as LONG_CSV
+from revbench.reports.paper_scale_long import LongPoint, long_section
 from revbench.spec import TrainSpec
 
 COMBINATIONS = ("standard", "checkpointing", "revffn", "checkpoint+adamw+chunked", "revffn+adamw+chunked",
@@ -82,3 +85,28 @@ def test_the_multi_gpu_part_finds_each_largest_batch_and_reuses_it(tmp_path: Pat
     figures["seconds"] = 54321
     (tmp_path / GPUS_CACHE).write_text(json.dumps(figures))
     assert "computed in 54321 s" in gpus_section(tmp_path, GPUS_POINT)
+
+
+LONG_POINT = LongPoint(model="tiny-qwen2-moe", layers=2, dtype="float32", activations=("checkpoint", "revffn"),
+                       tile_tokens=256, chunk_tokens=64, start=256, cap=8192, budget=24 * 2**20)
+
+
+def test_the_long_context_part_finds_each_longest_sequence_tiled_and_not(tmp_path: Path) -> None:
+    markdown = long_section(tmp_path, LONG_POINT)
+    figures = json.loads((tmp_path / LONG_CACHE).read_text())
+    assert "The longest sequence on one GPU of 24 MiB, batch 1" in markdown
+    for row in figures["rows"]:
+        # Each answer is the longest sequence whose estimate (with the row's options) fits the budget.
+        options = {"chunk_tokens": 64, **({"tile_tokens": 256} if row["tiled"] else {})}
+        spec = TrainSpec(model=ModelSpec("tiny-qwen2-moe", layers=2, dtype="float32"),
+                         workload=Workload(batch=1, seq=row["largest_seq"], data="synthetic"), options=options)
+        assert estimate_method(row["method"], spec, target="cuda").peak_bytes <= LONG_POINT.budget
+        longer = replace(spec, workload=Workload(batch=1, seq=row["largest_seq"] + 1, data="synthetic"))
+        assert estimate_method(row["method"], longer, target="cuda").peak_bytes > LONG_POINT.budget, row
+    table = pd.read_csv(tmp_path / LONG_CSV).set_index("activations")
+    assert list(table.index) == ["checkpoint", "revffn"]
+    by = {(r["activations"], r["tiled"]): r["largest_seq"] for r in figures["rows"]}
+    assert by[("revffn", True)] > by[("revffn", False)]  # tiling leaves the reversible stack's boundaries out too
+    figures["seconds"] = 9876
+    (tmp_path / LONG_CACHE).write_text(json.dumps(figures))
+    assert "computed in 9876 s" in long_section(tmp_path, LONG_POINT)

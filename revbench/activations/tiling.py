@@ -68,24 +68,20 @@ def _run_chunks(fn: Any, *chunked: tuple[torch.Tensor, ...]) -> torch.Tensor:
     return torch.cat(outs)
 
 
-def tiled_moe_forward(self: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+def tiled_forward(self: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+    """The block's forward in chunks of `tile_tokens` tokens: an MoE block routes all tokens first, a dense MLP
+    has no routing."""
     shape = hidden_states.shape
     flat = hidden_states.reshape(-1, shape[-1])
-    if flat.shape[0] <= self.tile_tokens:
-        return self.untiled_forward(hidden_states)
-    _, weights, index = self.gate(flat)
     size = self.tile_tokens
-    out = _run_chunks(lambda x, i, w: _moe_chunk(self, x, i, w),
-                      flat.split(size), index.split(size), weights.split(size))
-    return out.reshape(shape)
-
-
-def tiled_mlp_forward(self: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
-    shape = hidden_states.shape
-    flat = hidden_states.reshape(-1, shape[-1])
-    if flat.shape[0] <= self.tile_tokens:
+    if flat.shape[0] <= size:
         return self.untiled_forward(hidden_states)
-    return _run_chunks(self.untiled_forward, flat.split(self.tile_tokens)).reshape(*shape[:-1], -1)
+    if not is_moe(self):
+        return _run_chunks(self.untiled_forward, flat.split(size)).reshape(*shape[:-1], -1)
+    _, weights, index = self.gate(flat)
+    out = _run_chunks(lambda x, i, w: _moe_chunk(self, x, i, w), flat.split(size), index.split(size),
+                      weights.split(size))
+    return out.reshape(shape)
 
 
 def is_moe(block: nn.Module) -> bool:
@@ -103,5 +99,5 @@ def tile(model: nn.Module, tile_tokens: int) -> nn.Module:
                              "router_jitter_noise 0")
         block.tile_tokens = tile_tokens
         block.untiled_forward = block.forward
-        block.forward = types.MethodType(tiled_moe_forward if is_moe(block) else tiled_mlp_forward, block)
+        block.forward = types.MethodType(tiled_forward, block)
     return model

@@ -10,7 +10,6 @@ peak device memory is drawn against tokens per step. No GPU is needed. The figur
 from __future__ import annotations
 
 import functools
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from revbench.models import ModelSpec
-from revbench.reports.fingerprint import BUDGET, source_fingerprint
+from revbench.reports.fingerprint import BUDGET, cached
 from revbench.reports.paper import load_paper_reference
 from revbench.spec import TrainSpec
 from revbench.units import BINARY, format_bytes
@@ -130,23 +129,17 @@ def compute(point: Point, cache: Path, progress: Callable[[str], None] | None = 
     from revbench.processes import map_processes
     from revbench.progress import ItemsProgress
 
-    fingerprint = source_fingerprint(point)
-    figures = json.loads(cache.read_text()) if cache.is_file() else {}
-    if figures.get("fingerprint") == fingerprint:
-        return figures
-    if progress:
-        progress(f"estimating {len(point.combinations)} compositions at {len(point.batches)} batches "
-                 f"(about 90 s on 2 cores; cached in {cache})")
-    start = time.perf_counter()
-    with ItemsProgress(f"estimating {len(point.combinations)} compositions", len(point.combinations)) as bar:
-        curves = map_processes(functools.partial(curve, point=point), point.combinations,
-                               on_done=lambda c: bar.done(f"{c['method']}: {c['seconds']} s"),
-                               cost=functools.partial(curve_cost, point=point))
-        timelines = timelines_of(timeline_names(curves), point)
-    figures = {"fingerprint": fingerprint, "seconds": round(time.perf_counter() - start, 1), "curves": curves,
-               "timelines": timelines}
-    cache.write_text(json.dumps(figures, indent=1))
-    return figures
+    def curves_and_timelines() -> dict[str, Any]:
+        if progress:
+            progress(f"estimating {len(point.combinations)} compositions at {len(point.batches)} batches "
+                     f"(about 90 s on 2 cores; cached in {cache})")
+        with ItemsProgress(f"estimating {len(point.combinations)} compositions", len(point.combinations)) as bar:
+            curves = map_processes(functools.partial(curve, point=point), point.combinations,
+                                   on_done=lambda c: bar.done(f"{c['method']}: {c['seconds']} s"),
+                                   cost=functools.partial(curve_cost, point=point))
+            return {"curves": curves, "timelines": timelines_of(timeline_names(curves), point)}
+
+    return cached(point, cache, curves_and_timelines)
 
 
 def timeline_names(curves: list[dict[str, Any]]) -> list[str]:
@@ -351,17 +344,21 @@ def at_paper_scale(ctx: ReportContext) -> str:
     """The section in a report: `render.add_section(at_paper_scale, after="paper_comparison")`. Minutes on the
     first render of a new source tree (then cached in the report directory): opt in, not in every report."""
     from revbench.reports.paper_scale_gpus import gpus_section
+    from revbench.reports.paper_scale_long import long_section
 
-    return paper_scale_section(ctx.out_dir) + "\n" + gpus_section(Path(ctx.out_dir))
+    out = Path(ctx.out_dir)
+    return "\n".join((paper_scale_section(out), long_section(out), gpus_section(out)))
 
 
 def write_paper_scale(out_dir: str | Path, point: Point | None = None,
                       progress: Callable[[str], None] | None = None) -> Path:
     """The section alone, with its multi-GPU part, as `out_dir/report.md` (no run records needed)."""
     from revbench.reports.paper_scale_gpus import gpus_section
+    from revbench.reports.paper_scale_long import long_section
 
     out = Path(out_dir)
-    markdown = paper_scale_section(out, point, progress) + "\n" + gpus_section(out, progress=progress)
+    markdown = "\n".join((paper_scale_section(out, point, progress), long_section(out, progress=progress),
+                           gpus_section(out, progress=progress)))
     (out / "report.md").write_text(f"# revbench: at paper scale\n\n{markdown}")
     return out / "report.md"
 

@@ -10,7 +10,6 @@ Cached in `paper_scale_gpus.json` beside the section while the source, versions 
 from __future__ import annotations
 
 import functools
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from revbench.reports.fingerprint import BUDGET, source_fingerprint
+from revbench.reports.fingerprint import BUDGET, cached
 from revbench.units import format_bytes
 
 CACHE, TABLE_CSV = "paper_scale_gpus.json", "paper_scale_gpus.csv"
@@ -71,21 +70,16 @@ def compute(point: GpusPoint, cache: Path, progress: Callable[[str], None] | Non
     from revbench.processes import map_processes
     from revbench.progress import ItemsProgress
 
-    fingerprint = source_fingerprint(point)
-    figures = json.loads(cache.read_text()) if cache.is_file() else {}
-    if figures.get("fingerprint") == fingerprint:
-        return figures
-    items = [(model, name) for model in point.models for name in point.compositions]
-    if progress:
-        progress(f"searching the largest batch on {point.gpus} GPUs for {len(items)} model x composition pairs "
-                 f"(cached in {cache})")
-    start = time.perf_counter()
-    with ItemsProgress(f"largest batches on {point.gpus} GPUs", len(items)) as bar:
-        rows = map_processes(functools.partial(largest, point=point), items,
-                             on_done=lambda r: bar.done(f"{r['model']} {r['method']}: {r['seconds']} s"))
-    figures = {"fingerprint": fingerprint, "seconds": round(time.perf_counter() - start, 1), "rows": rows}
-    cache.write_text(json.dumps(figures, indent=1))
-    return figures
+    def rows() -> dict[str, Any]:
+        items = [(model, name) for model in point.models for name in point.compositions]
+        if progress:
+            progress(f"searching the largest batch on {point.gpus} GPUs for {len(items)} model x composition pairs "
+                     f"(cached in {cache})")
+        with ItemsProgress(f"largest batches on {point.gpus} GPUs", len(items)) as bar:
+            return {"rows": map_processes(functools.partial(largest, point=point), items,
+                                          on_done=lambda r: bar.done(f"{r['model']} {r['method']}: {r['seconds']} s"))}
+
+    return cached(point, cache, rows)
 
 
 def table(figures: dict[str, Any], point: GpusPoint) -> pd.DataFrame:
