@@ -55,5 +55,12 @@ class TrainSpec:
     device: str = "cpu"
     options: dict[str, Any] = field(default_factory=dict)  # the techniques' options, by option name
 
+    def count_option(self, name: str, unit: str, default: int | None = None) -> int | None:
+        """A technique option that counts something (layers, tokens): a whole number >= 1, or `default` if unset."""
+        value = self.options.get(name, default)
+        if value is not default and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"option {name} must be a whole number of {unit} >= 1, not {value!r}")
+        return value
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from revbench.activations.tiling import check_tile_tokens, tile
+from revbench.activations.tiling import tile
 from revbench.spec import TrainSpec
 
 # Options every activation technique takes: tiling is orthogonal to what a technique keeps of each layer.
@@ -21,7 +21,7 @@ class Activations:
 
     def __init__(self, spec: TrainSpec) -> None:
         self.spec = spec
-        self.tile_tokens = check_tile_tokens(spec.options.get("tile_tokens"))
+        self.tile_tokens = spec.count_option("tile_tokens", "tokens")
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """The model that trains: its MoE blocks tiled where asked (tiling.py), then converted by `build`."""

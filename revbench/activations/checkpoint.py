@@ -26,10 +26,7 @@ class Checkpoint(Activations):
 
     def __init__(self, spec: TrainSpec) -> None:
         super().__init__(spec)
-        every = spec.options.get("checkpoint_every", 1)
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"option checkpoint_every must be a whole number of layers >= 1, not {every!r}")
-        self.every = every
+        self.every = spec.count_option("checkpoint_every", "layers", default=1)
 
     def checkpoint_kwargs(self) -> dict[str, Any]:
         """What torch.utils.checkpoint is called with for each checkpointed layer."""

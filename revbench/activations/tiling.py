@@ -23,15 +23,6 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 
-def check_tile_tokens(value: Any) -> int | None:
-    """The option's value: None (untiled) or a whole number of tokens >= 1."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"option tile_tokens must be a whole number of tokens >= 1, not {value!r}")
-    return value
-
-
 def _moe_chunk(block: nn.Module, x: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """The routed experts (and a shared expert, where the family has one) on one chunk, given its routing."""
     out = block.experts(x, index, weights)

@@ -173,11 +173,11 @@ def check_options(names: list[str], options: list[tuple[str, object]]) -> None:
     from revbench.methods import parse_method
     from revbench.methods.composition import option_names
 
-    taken = {o for name in names for o in option_names(parse_method(name))}
     for key, _ in options:
-        if key not in taken:
+        if not any(key in options_for(name, options) for name in names):
+            taken = sorted({o for name in names for o in option_names(parse_method(name))})
             raise ValueError(f"--option {key}: none of the methods takes it (their options: "
-                             f"{', '.join(sorted(taken)) or 'none'})")
+                             f"{', '.join(taken) or 'none'})")
 
 
 def estimate_row(name: str, spec: TrainSpec, args: argparse.Namespace,
