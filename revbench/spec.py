@@ -62,5 +62,12 @@ class TrainSpec:
             raise ValueError(f"option {name} must be a whole number of {unit} >= 1, not {value!r}")
         return value
 
+    def flag_option(self, name: str, default: bool) -> bool:
+        """A technique option that switches something on or off: true or false, or `default` if unset."""
+        value = self.options.get(name, default)
+        if not isinstance(value, bool):
+            raise ValueError(f"option {name} must be true or false, not {value!r}")
+        return value
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

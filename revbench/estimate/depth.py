@@ -25,7 +25,8 @@ RUNG = 3
 # Deeper stacks than this are extrapolated unless asked otherwise: the whole ladder costs fewer layers' traces.
 EXTRAPOLATE_PAST = sum(LADDER[-RUNG:])
 # The byte figures of TensorBytes, each extrapolated on its own.
-FIELDS = ("params", "grads", "optimizer", "workspace", "activations", "host_params", "host_grads", "host_optimizer")
+FIELDS = ("params", "grads", "optimizer", "workspace", "activations", "host_params", "host_grads", "host_optimizer",
+          "host_activations")
 TRACED, EXTRAPOLATED = "traced", "extrapolated"
 # What a small depth may fail with and still leave the full depth to try (a bad spec, ValueError, propagates).
 STEP_ERRORS = (RuntimeError, NotImplementedError, TypeError, AssertionError)

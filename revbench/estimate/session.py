@@ -56,9 +56,11 @@ class Estimate:
 
     @property
     def host_peak_bytes(self) -> int | None:
+        """The model states held in host memory at the device's peak, and the activations an offload holds there at
+        their own peak (the end of forward): at most this much host memory at any one moment."""
         if self.tensor_bytes is None:
             return None
-        return self.host_bytes.total if self.host_bytes else 0
+        return (self.host_bytes.total if self.host_bytes else 0) + self.tensor_bytes.host_activations
 
     def to_dict(self) -> dict[str, Any]:
         categories = {k: v for k, v in self.tensor_bytes.to_dict().items() if k not in ("method", "total")} \

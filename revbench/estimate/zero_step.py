@@ -112,6 +112,7 @@ class ZeroStep:
         layout = self.layout
         return replace(layout.device, params=layout.device.params + layout.gathered,
                        activations=tracked.activations + layout.workspace, phase=tracked.phase,
+                       host_activations=tracked.host_activations,
                        method=f"ZeRO-{self.stage} layout + fake-tensor activations (device)")
 
     def phase_peaks(self, batch: int, seq: int) -> dict[str | None, TensorBytes]:

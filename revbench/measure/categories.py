@@ -22,7 +22,9 @@ HOST = "host"
 class TensorBytes:
     """Peak live tensor bytes, split by what the bytes hold. The five categories sum to `total`. The `host_*`
     part of each model-state category lives in host memory (CPU offload); the rest, `device`, is what the
-    accelerator holds. `phase` is the step phase in which the peak fell (forward, backward or optimizer)."""
+    accelerator holds. `phase` is the step phase in which the peak fell (forward, backward or optimizer).
+    `host_activations` is apart from all of them: what an activation offload holds in host memory at its own peak
+    (the end of forward, while the device's comes in backward), so the peak is the device's and the states'."""
 
     params: int
     grads: int
@@ -34,6 +36,7 @@ class TensorBytes:
     host_grads: int = 0
     host_optimizer: int = 0
     phase: str | None = None
+    host_activations: int = 0
 
     @property
     def total(self) -> int:

@@ -52,7 +52,8 @@ class _NamingTracker(StorageTracker):
 
     def track(self, t: torch.Tensor) -> None:
         super().track(t)
-        serial = self.live[storage_key(t)][1]
+        key = storage_key(t)
+        serial = (self.live.get(key) or self.host_live[key])[1]
         if serial not in self.names:  # named once, by serial: a storage key is reused once its storage is freed
             origin = "model state" if self._op == "model state" else _origin()
             self.names[serial] = (origin, self._op, tuple(t.shape), str(t.dtype).removeprefix("torch."))

@@ -10,9 +10,11 @@ free pre-existing state inside the window (revbench clears gradients just before
 
 from __future__ import annotations
 
+import bisect
 import functools
+import heapq
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -32,13 +34,17 @@ from revbench.measure.categories import (
     temporary_category,
 )
 from revbench.measure.phases import RANGE_PREFIX, PhaseRanges
-from revbench.measure.timeline import sweep
+from revbench.measure.residency import HOST_RANGE
+from revbench.measure.timeline import HOST_ACTIVATIONS, sweep
+
+Event = tuple[int, int, int]  # (pointer, bytes allocated or -bytes freed, time in ns)
 
 
-def profile_events(prof: profile) -> tuple[list[Any], PhaseRanges]:
-    """The allocation events in allocation order, and the step's phase ranges."""
+def profile_events(prof: profile) -> tuple[list[Any], PhaseRanges, PhaseRanges]:
+    """The allocation events in allocation order, the step's phase ranges and its host-residency ranges."""
     found: list[Any] = []
     ranges: list[tuple[int, int, str]] = []
+    host: list[tuple[int, int, str]] = []
     stack = list(prof.profiler.kineto_results.experimental_event_tree())
     while stack:
         node = stack.pop()
@@ -46,10 +52,12 @@ def profile_events(prof: profile) -> tuple[list[Any], PhaseRanges]:
             found.append(node)
         elif node.tag == _EventType.TorchOp and node.name.startswith(RANGE_PREFIX):
             ranges.append((node.start_time_ns, node.end_time_ns, node.name.removeprefix(RANGE_PREFIX)))
+        elif node.tag == _EventType.TorchOp and node.name == HOST_RANGE:
+            host.append((node.start_time_ns, node.end_time_ns, "host"))
         stack.extend(node.children)
     # Allocation events carry a unique id in allocation order; time stamps can tie.
     found.sort(key=lambda n: (n.start_time_ns, n.extra_fields.id))
-    return found, PhaseRanges(ranges)
+    return found, PhaseRanges(ranges), PhaseRanges(host)
 
 
 def measure_peak_bytes(
@@ -61,7 +69,7 @@ def measure_peak_bytes(
     return step.result, step.peak()
 
 
-def with_missed_frees(events: list[tuple[int, int, int]]) -> tuple[list[tuple[int, int, int]], int]:
+def with_missed_frees(events: list[Event]) -> tuple[list[Event], int]:
     """The events with a free put back wherever the profiler missed one, and how many it missed.
 
     The profiler hears only the frees of threads it profiles. On CPU ranks a collective's buffers (the clone that
@@ -71,7 +79,7 @@ def with_missed_frees(events: list[tuple[int, int, int]]) -> tuple[list[tuple[in
     new block, the latest moment it can have been freed. The figure may then sit above the true one by that block
     (the record says how many frees were put back), never below."""
     live: dict[int, int] = {}
-    fixed: list[tuple[int, int, int]] = []
+    fixed: list[Event] = []
     missed = 0
     for ptr, size, time_ns in events:
         if size > 0 and ptr in live:
@@ -85,18 +93,70 @@ def with_missed_frees(events: list[tuple[int, int, int]]) -> tuple[list[tuple[in
     return fixed, missed
 
 
+def split_residency(events: list[tuple[str, int, int, int]], device_type: str, host: PhaseRanges
+                    ) -> tuple[list[Event], list[Event], int]:
+    """(the device's events, the host-resident activations' events, the device's frees put back) from (device type,
+    pointer, bytes, time) events: a CPU allocation inside a host-residency range is an offloaded activation, and so
+    is the free of its pointer. On a CPU run the two share the allocator; on a GPU the CPU's other events are not the
+    device's."""
+    by_type: dict[str, list[Event]] = {"cpu": [], device_type: []}
+    for kind, ptr, size, time_ns in events:
+        if kind in by_type:
+            by_type[kind].append((ptr, size, time_ns))
+    device, missed = with_missed_frees(by_type[device_type])
+    if device_type != "cpu":
+        return device, _host_part(with_missed_frees(by_type["cpu"])[0], host)[1], missed
+    device, on_host = _host_part(device, host)
+    return device, on_host, missed
+
+
+def _host_part(events: list[Event], host: PhaseRanges) -> tuple[list[Event], list[Event]]:
+    """(the rest, the allocations inside host ranges and their frees)."""
+    rest: list[Event] = []
+    on_host: list[Event] = []
+    owned: set[int] = set()
+    for event in events:
+        ptr, size, time_ns = event
+        # Host ranges never nest (one copy each): only the latest to start before t can hold it.
+        latest = bisect.bisect_right(host.starts, time_ns) - 1
+        if size > 0 and latest >= 0 and time_ns <= host.ranges[latest][1]:
+            owned.add(ptr)
+            on_host.append(event)
+        elif size < 0 and ptr in owned:
+            owned.discard(ptr)
+            on_host.append(event)
+        else:
+            rest.append(event)
+    return rest, on_host
+
+
+def running_peak(events: list[Event]) -> int:
+    """The most bytes live at once over `events` (frees of blocks not allocated in them ignored)."""
+    live: dict[int, int] = {}
+    current = peak = 0
+    for ptr, size, _ in events:
+        if size > 0:
+            live[ptr] = size
+            current += size
+            peak = max(peak, current)
+        elif ptr in live:
+            current -= live.pop(ptr)
+    return peak
+
+
 @dataclass
 class ProfiledStep:
     """A step's device allocation events and phases, with the model states before and after it (by allocation)."""
 
     result: Any
     device_type: str
-    events: list[tuple[int, int, int]]  # (pointer, bytes allocated or -bytes freed, time in ns), in order
+    events: list[Event]  # the device's, in order
     phases: PhaseRanges
     before: dict
     after: dict
     host: set
     missed_frees: int = 0  # frees the profiler did not report, put back by `with_missed_frees`
+    host_events: list[Event] = field(default_factory=list)  # activations offloaded to host memory (residency.py)
 
     @classmethod
     def run(cls, fn: Callable[[], Any], state_tensors: Callable[[], StateTensors], device: torch.device | str
@@ -113,11 +173,11 @@ class ProfiledStep:
         after = categorize(states, storage_ptr)
         host |= host_keys(states, storage_ptr)
         del states
-        events, phases = profile_events(prof)
-        events = [(e.extra_fields.ptr, e.extra_fields.alloc_size, e.start_time_ns) for e in events
-                  if e.extra_fields.device.type == device_type]
-        events, missed = with_missed_frees(events)
-        return cls(result, device_type, events, phases, before, after, host, missed)
+        found, phases, host_ranges = profile_events(prof)
+        events, host_events, missed = split_residency(
+            [(e.extra_fields.device.type, e.extra_fields.ptr, e.extra_fields.alloc_size, e.start_time_ns)
+             for e in found], device_type, host_ranges)
+        return cls(result, device_type, events, phases, before, after, host, missed, host_events)
 
     def _phase(self, index: int) -> str | None:
         return self.phases.at(self.events[index][2])
@@ -179,18 +239,29 @@ class ProfiledStep:
             if host:
                 on_host[category] += size
         phase = self._phase(peak_index) if peak_index is not None else None
-        return TensorBytes(**by_category, **host_fields(on_host), phase=phase, method="profiler")
+        return TensorBytes(**by_category, **host_fields(on_host), phase=phase, method="profiler",
+                           host_activations=running_peak(self.host_events))
 
     def timeline(self) -> pd.DataFrame:
         live, _, _ = self._replay
-        allocated: dict[int, int] = {}  # ptr -> index of its allocation in the window
+        # The device's events and the offloaded activations' in time order; an allocation is named by its list and
+        # its index there.
+        merged = heapq.merge(((time_ns, False, index, ptr, size) for index, (ptr, size, time_ns) in
+                              enumerate(self.events)),
+                             ((time_ns, True, index, ptr, size) for index, (ptr, size, time_ns) in
+                              enumerate(self.host_events)))
+        allocated: dict[tuple[bool, int], tuple[bool, int]] = {}  # (on host, ptr) -> its allocation
         events = []
-        for index, (ptr, size, _) in enumerate(self.events):
+        for time_ns, on_host, index, ptr, size in merged:
             if size > 0:
-                allocated[ptr] = index
-                events.append((index, size, self._phase(index)))
-            elif ptr in allocated:  # a free of a block from before the window is not reported; nor counted
-                events.append((allocated.pop(ptr), size, self._phase(index)))
+                allocated[on_host, ptr] = (on_host, index)
+                events.append(((on_host, index), size, self.phases.at(time_ns)))
+            elif (on_host, ptr) in allocated:  # a free of a block from before the window is not reported; nor counted
+                events.append((allocated.pop((on_host, ptr)), size, self.phases.at(time_ns)))
+
+        def where(allocation: tuple[bool, int]) -> tuple[str, bool]:
+            on_host, index = allocation
+            return (HOST_ACTIVATIONS, False) if on_host else self._category(self.events[index][0], index, live)
+
         initial, initial_host = self._held()
-        return sweep(events, lambda index: self._category(self.events[index][0], index, live),
-                     initial=initial, initial_host=initial_host)
+        return sweep(events, where, initial=initial, initial_host=initial_host)

@@ -29,6 +29,7 @@ from revbench.measure.categories import (
     temporary_category,
 )
 from revbench.measure.phases import current_phase
+from revbench.measure.residency import in_host_residency
 
 _NONE = object()  # no phase's peak is rising (a phase may be None: outside the step's phases)
 # `torch.tensor(...)` allocates outside the dispatcher and only then passes through lift_fresh (an alias by its
@@ -81,6 +82,10 @@ class StorageTracker(TorchDispatchMode):
         self.events: list[tuple[int, int, str | None]] | None = [] if timeline else None
         self.keys: dict[int, int] = {}
         self.step_start = 0  # the first event of the step; those before register the model states
+        # Activations an offload moved to host memory (measure/residency.py): apart from `live`, their own peak.
+        self.host_live: dict[int, tuple[int, int]] = {}
+        self.host_current = self.host_peak = 0
+        self.host_serials: set[int] = set()
 
     def __enter__(self) -> StorageTracker:
         # FSDP2 frees a layer's gathered weights by resizing their storage to 0 bytes and allocates them again by
@@ -111,9 +116,12 @@ class StorageTracker(TorchDispatchMode):
 
     def _track(self, storage: torch.UntypedStorage) -> None:
         key = storage._cdata  # measure.categories.storage_key
-        if key in self.live:
+        if key in self.live or key in self.host_live:
             return
         nbytes, serial, phase = storage.nbytes(), next(self._serials), current_phase()
+        if in_host_residency():
+            self._track_host(storage, key, nbytes, serial, phase)
+            return
         if self._phase_rising is not _NONE and self._phase_rising != phase:
             self._keep_phase_peak()  # another phase allocates: the rising one's peak is the state before it
         self.live[key] = (nbytes, serial)
@@ -128,10 +136,27 @@ class StorageTracker(TorchDispatchMode):
             self.events.append((serial, nbytes, phase))
             self.keys[serial] = key
 
+    def _track_host(self, storage: torch.UntypedStorage, key: int, nbytes: int, serial: int, phase: str | None
+                    ) -> None:
+        self.host_live[key] = (nbytes, serial)
+        self.host_serials.add(serial)
+        self.host_current += nbytes
+        self.host_peak = max(self.host_peak, self.host_current)
+        self._finalizers.append(weakref.finalize(storage, self._release, key))
+        if self.events is not None:
+            self.events.append((serial, nbytes, phase))
+            self.keys[serial] = key
+
     def _keep_phase_peak(self) -> None:
         self.phase_live[self._phase_rising], self._phase_rising = dict(self.live), _NONE
 
     def _release(self, key: int) -> None:
+        if key in self.host_live:
+            nbytes, serial = self.host_live.pop(key)
+            self.host_current -= nbytes
+            if self.events is not None:
+                self.events.append((serial, -nbytes, current_phase()))
+            return
         if self._rising:  # the state just before the first free after a rise is the peak state
             self.peak_live, self._rising = dict(self.live), False
         if self._phase_rising is not _NONE:
@@ -214,7 +239,8 @@ class TrackedStep:
             by_category[category] += nbytes
             if survives and key in self.host:
                 on_host[category] += nbytes
-        return TensorBytes(**by_category, **host_fields(on_host), phase=phase, method="storage-tracker")
+        return TensorBytes(**by_category, **host_fields(on_host), phase=phase, method="storage-tracker",
+                           host_activations=self.tracker.host_peak)
 
     def phase_peaks(self) -> dict[str | None, TensorBytes]:
         return {phase: self.breakdown(self.tracker.phase_live[phase], phase) for phase in self.tracker.phase_peaks}

@@ -20,7 +20,11 @@ from revbench.measure.categories import CATEGORIES, STATE_CATEGORIES, StateTenso
 from revbench.measure.storage_tracker import TrackedStep, track_step
 
 HOST_COLUMNS = tuple(f"host_{category}" for category in STATE_CATEGORIES)
-COLUMNS = ("event", "phase", *CATEGORIES, *HOST_COLUMNS, "device", "host", "total")
+# Activations an offload holds in host memory: apart from the categories, `total`, `device` and `host` (the states'),
+# as in TensorBytes.
+HOST_ACTIVATIONS = "host_activations"
+BYTE_COLUMNS = (*CATEGORIES, *HOST_COLUMNS, HOST_ACTIVATIONS)
+COLUMNS = ("event", "phase", *BYTE_COLUMNS, "device", "host", "total")
 # What a run's record keeps: a couple of hundred points draw the step, and the record stays small (under 16 kB).
 RECORD_POINTS = 150
 PHASE_LETTERS = {"forward": "f", "backward": "b", "optimizer": "o", None: "-"}
@@ -31,12 +35,17 @@ Event = tuple[Hashable, int, "str | None"]  # (allocation, +bytes at its allocat
 
 def sweep(events: Iterable[Event], where: Callable[[Hashable], tuple[str, bool]], start: int = 0,
           initial: dict[str, int] | None = None, initial_host: dict[str, int] | None = None) -> pd.DataFrame:
-    """Every event's live bytes by category: `where(allocation)` is its (category, held in host memory). Rows from
-    event `start` on; row 0 is the state before it (the model states, over `initial` and `initial_host`)."""
-    totals = {**dict.fromkeys(CATEGORIES, 0), **(initial or {})}
+    """Every event's live bytes by category: `where(allocation)` is its (category, held in host memory), the category
+    HOST_ACTIVATIONS for an offloaded activation. Rows from event `start` on; row 0 is the state before it (the model
+    states, over `initial` and `initial_host`)."""
+    totals = {**dict.fromkeys((*CATEGORIES, HOST_ACTIVATIONS), 0), **(initial or {})}
     on_host = {**dict.fromkeys(STATE_CATEGORIES, 0), **(initial_host or {})}
     placed: dict[Hashable, tuple[str, bool]] = {}
-    rows = [] if start else [(0, None, *totals.values(), *on_host.values())]
+
+    def row(event: int, phase: str | None) -> tuple:
+        return (event, phase, *(totals[c] for c in CATEGORIES), *on_host.values(), totals[HOST_ACTIVATIONS])
+
+    rows = [] if start else [row(0, None)]
     for index, (allocation, nbytes, phase) in enumerate(events):
         if allocation not in placed:
             placed[allocation] = where(allocation)
@@ -46,7 +55,7 @@ def sweep(events: Iterable[Event], where: Callable[[Hashable], tuple[str, bool]]
             on_host[category] += nbytes
         event = index + 1 - start
         if event >= 0:  # event 0: the model states, whatever phase registered them
-            rows.append((event, phase if event else None, *totals.values(), *on_host.values()))
+            rows.append(row(event, phase if event else None))
     frame = pd.DataFrame(rows, columns=COLUMNS[:-3])
     return _with_totals(frame)
 
@@ -66,6 +75,8 @@ def timeline_frame(step: TrackedStep) -> pd.DataFrame:
         raise ValueError("the step was tracked without timeline=True")
 
     def where(serial: Hashable) -> tuple[str, bool]:
+        if serial in tracker.host_serials:
+            return HOST_ACTIVATIONS, False
         key = tracker.keys[serial]
         survives = tracker.survives(key, serial)
         return tracker.category(key, serial, survives, step.before, step.after), survives and key in step.host
@@ -94,7 +105,7 @@ def downsample(frame: pd.DataFrame, points: int = RECORD_POINTS) -> pd.DataFrame
 def compact(frame: pd.DataFrame, points: int = RECORD_POINTS) -> dict[str, Any]:
     """A timeline as a record keeps it: downsampled, the columns that are ever nonzero, one letter a phase."""
     small = downsample(frame, points)
-    columns = ["event", *(c for c in (*CATEGORIES, *HOST_COLUMNS) if small[c].any())]
+    columns = ["event", *(c for c in BYTE_COLUMNS if small[c].any())]
     phases = small["phase"].where(small["phase"].notna(), None)
     return {"events": int(frame["event"].iloc[-1]), "columns": columns,
             "phases": "".join(PHASE_LETTERS.get(p, "-") for p in phases),
@@ -105,7 +116,7 @@ def expand(data: dict[str, Any]) -> pd.DataFrame:
     """The frame of a record's `compact` timeline (the columns it left out are zero)."""
     phases = {letter: phase for phase, letter in PHASE_LETTERS.items()}
     frame = pd.DataFrame(data["rows"], columns=data["columns"])
-    for column in (*CATEGORIES, *HOST_COLUMNS):
+    for column in BYTE_COLUMNS:
         if column not in frame:
             frame[column] = 0
     frame["phase"] = [phases[letter] for letter in data["phases"]]

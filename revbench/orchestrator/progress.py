@@ -23,7 +23,10 @@ def summary_line(record: RunRecord) -> str:
         line += f"peak device {format_bytes(memory['device'])}"
         if memory["host"]:
             line += f" + host {format_bytes(memory['host'])}"
-        line += f" in {memory['phase']}, {record.metrics['tokens_per_s']:,.0f} tokens/s"
+        line += f" in {memory['phase']}"
+        if memory.get("host_activations"):
+            line += f", activations on host {format_bytes(memory['host_activations'])} (own peak)"
+        line += f", {record.metrics['tokens_per_s']:,.0f} tokens/s"
     else:
         error = (record.error or "").splitlines()[0] if record.error else ""
         line += escape(error[:160] + ("…" if len(error) > 160 else ""))

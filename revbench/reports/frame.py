@@ -15,6 +15,8 @@ from revbench.records import RunRecord, latest, read_records, run_config_problem
 TENSOR = "memory.tensor_bytes.total"  # device + host-resident: what the step holds anywhere
 DEVICE = "memory.tensor_bytes.device"  # "peak device memory": the accelerator's share
 HOST_STATES = "memory.tensor_bytes.host"  # model states a CPU offload keeps in host memory
+# Activations an activation offload keeps in host memory, at their own peak (the end of forward)
+HOST_ACTIVATIONS = "memory.tensor_bytes.host_activations"
 PHASE = "memory.tensor_bytes.phase"  # forward, backward or optimizer: where in the step the peak fell
 CATEGORIES = ("params", "grads", "optimizer", "workspace", "activations")
 CATEGORY_COLUMNS = tuple(f"memory.tensor_bytes.{c}" for c in CATEGORIES)
@@ -28,8 +30,8 @@ SAMPLES = "samples_per_s"
 TOKENS = "tokens_per_s"
 # Throughput at the slow (p90) and fast (p10) step times: the spread of the timed steps, for error bars.
 TOKENS_P10, TOKENS_P90 = "tokens_per_s.p10", "tokens_per_s.p90"
-METRICS = (TENSOR, DEVICE, HOST_STATES, *CATEGORY_COLUMNS, *HOST_COLUMNS.values(), ALLOCATED, RESERVED, NVML_USED,
-           HOST_RSS, STEP_TIME, SAMPLES, TOKENS, TOKENS_P10, TOKENS_P90)
+METRICS = (TENSOR, DEVICE, HOST_STATES, HOST_ACTIVATIONS, *CATEGORY_COLUMNS, *HOST_COLUMNS.values(), ALLOCATED,
+           RESERVED, NVML_USED, HOST_RSS, STEP_TIME, SAMPLES, TOKENS, TOKENS_P10, TOKENS_P90)
 # What makes two runs the same measurement point, apart from the method and the repeat.
 POINT = ("preset", "layers", "hidden", "experts", "top_k", "dtype", "device", "gpus", "ranks", "batch", "seq", "data",
          "steps", "warmup", "memory_budget_bytes")
@@ -107,7 +109,7 @@ def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     # Records from before the device/host split hold no offloaded states apart: all of it was the device's.
     frame[DEVICE] = frame[DEVICE].fillna(frame[TENSOR])
-    for column in (HOST_STATES, *HOST_COLUMNS.values(), "memory.tensor_bytes.workspace"):
+    for column in (HOST_STATES, HOST_ACTIVATIONS, *HOST_COLUMNS.values(), "memory.tensor_bytes.workspace"):
         frame[column] = frame[column].where(frame[TENSOR].isna(), frame[column].fillna(0))
     if PHASE not in frame:
         frame[PHASE] = None

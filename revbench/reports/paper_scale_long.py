@@ -23,7 +23,8 @@ from revbench.reports.fingerprint import BUDGET, cached
 from revbench.units import format_bytes
 
 CACHE, TABLE_CSV = "paper_scale_long.json", "paper_scale_long.csv"
-ACTIVATIONS = ("store", "checkpoint", "selective-checkpoint", "revffn", "revexact")
+ACTIVATIONS = ("store", "checkpoint", "selective-checkpoint", "offload-activations", "checkpoint-offload", "revffn",
+               "revexact")
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ def long_section(out: Path, point: LongPoint | None = None, progress: Callable[[
             f"MoE block in checkpointed chunks, activations/tiling.py); sequences searched up to "
             f"{point.cap:,} tokens, past the model's positions (RoPE scaling in a real run; no tensor's size "
             f"changes). Device figures are the GPU's at the longest sequence, host per GPU (DeepSpeed's fp32 "
-            f"states). Attention: SDPA, causal without a mask (no S x S matrix). {point.dtype}, CUDA code path, "
+            f"states, and an activation offload's copies at their own peak, the end of forward). Attention: SDPA, "
+            f"causal without a mask (no S x S matrix). {point.dtype}, CUDA code path, "
             f"computed in {figures['seconds']:.0f} s.\n\n{summary}{frame.to_markdown(index=False)}\n\n"
             f"([{TABLE_CSV}]({TABLE_CSV}))\n")

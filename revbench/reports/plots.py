@@ -17,6 +17,7 @@ from revbench.reports.frame import (
     CATEGORIES,
     CATEGORY_COLUMNS,
     DEVICE,
+    HOST_ACTIVATIONS,
     HOST_COLUMNS,
     PHASE,
     POINT,
@@ -176,9 +177,12 @@ def memory_breakdown(point: pd.DataFrame, title: str) -> Figure | None:
         ax.bar(ran["variant"], heights, bottom=bottom, label=f"{category} (device)", color=CATEGORY_COLORS[category])
         bottom += heights
     device_top = bottom.copy()
+    # An activation offload's host copies peak at the end of forward, not at the device's peak: stacked last.
+    host["activations"] = ran[HOST_ACTIVATIONS].fillna(0)
     for category, heights in host.items():
         if heights.any():
-            ax.bar(ran["variant"], heights / BINARY[unit], bottom=bottom, label=f"{category} (host)",
+            label = f"{category} (host{', own peak' if category == 'activations' else ''})"
+            ax.bar(ran["variant"], heights / BINARY[unit], bottom=bottom, label=label,
                    color=CATEGORY_COLORS[category], alpha=0.35, hatch="//", edgecolor="black", linewidth=0.3)
             bottom += heights / BINARY[unit]
     for x, (device, total) in enumerate(zip(device_top, bottom, strict=True)):

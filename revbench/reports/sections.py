@@ -28,6 +28,8 @@ MEASURES = """What the figures are:
 - **host-resident bytes**: the model states a CPU offload keeps in host memory (DeepSpeed's float32 master
   weights, Adam states and CPU gradient buffers), counted apart from the device's. On a CPU run host and device
   are one memory, so this is what a GPU run would hold apart;
+- **host activations**: what an activation offload (`offload-activations`, `checkpoint-offload`) holds in host
+  memory, at its own peak (the end of forward), never in the device's figure;
 - **allocator peak**: torch's CUDA caching allocator, max allocated and max reserved (CUDA runs only);
 - **NVML device used**: what nvidia-smi shows, sampled during the timed steps (CUDA runs only);
 - **host peak RSS**: the run's process tree, where CPU-offload methods keep their states;

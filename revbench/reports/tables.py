@@ -12,6 +12,7 @@ from revbench.reports.frame import (
     CATEGORIES,
     CATEGORY_COLUMNS,
     DEVICE,
+    HOST_ACTIVATIONS,
     HOST_RSS,
     HOST_STATES,
     NVML_USED,
@@ -34,6 +35,7 @@ def results_table(summary: pd.DataFrame) -> pd.DataFrame:
         "status": summary["status"],
         "peak device bytes": summary[DEVICE],
         "host-resident bytes": summary[HOST_STATES],
+        "host activations bytes": summary[HOST_ACTIVATIONS],
         "peak in": summary[PHASE],
         "allocator peak bytes": summary[ALLOCATED],
         "step time (s)": summary[STEP_TIME],
@@ -51,6 +53,7 @@ def memory_table(summary: pd.DataFrame) -> pd.DataFrame:
         table[f"{category} bytes"] = summary[column]
     table["peak tensor bytes"] = summary[TENSOR]
     table["host-resident bytes"] = summary[HOST_STATES]
+    table["host activations bytes"] = summary[HOST_ACTIVATIONS]
     table["peak device bytes"] = summary[DEVICE]
     table["peak in"] = summary[PHASE]
     table["allocator max allocated bytes"] = summary[ALLOCATED]

@@ -1,7 +1,7 @@
 """A step's memory timeline as a picture: live bytes at every event of one training step, stacked by category,
 the step's phases shaded and the peak marked, one panel per method on one y scale so that two compositions compare
-by eye. Host-resident (offloaded) states get a panel of their own under their method's, never mixed into the
-device's stack. The data are measure/timeline.py's frames; the CSV beside the picture holds them all.
+by eye. Host-resident (offloaded) states and activations get a panel of their own under their method's, never mixed
+into the device's stack. The data are measure/timeline.py's frames; the CSV beside the picture holds them all.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from revbench.measure.categories import CATEGORIES, STATE_CATEGORIES
-from revbench.measure.timeline import HOST_COLUMNS
+from revbench.measure.timeline import HOST_ACTIVATIONS, HOST_COLUMNS
 from revbench.reports.plots import CATEGORY_COLORS, plt
 from revbench.units import BINARY, format_bytes, unit_for
 
@@ -38,7 +38,7 @@ def phase_spans(frame: pd.DataFrame) -> list[tuple[int, int, str]]:
 
 def draw_timelines(frames: dict[str, pd.DataFrame], title: str) -> Figure:
     """One device panel per method (and a host panel under it where it offloads), on one y scale."""
-    host = {name: bool(frame["host"].any()) for name, frame in frames.items()}
+    host = {name: bool(frame["host"].any() or frame[HOST_ACTIVATIONS].any()) for name, frame in frames.items()}
     heights = [h for name in frames for h in ((3, 1) if host[name] else (3,))]
     fig, axes = plt.subplots(len(heights), 1, figsize=(10, 1.0 + 0.9 * sum(heights)), squeeze=False,
                              gridspec_kw={"height_ratios": heights})
@@ -62,9 +62,10 @@ def draw_timelines(frames: dict[str, pd.DataFrame], title: str) -> Figure:
         ax.set_ylabel(f"device ({unit})")
         ax.set_title(name, fontsize=10, loc="left")
         if host[name]:
-            below, host_unit = axes.pop(0), unit_for([frame["host"].max()])
-            below.stackplot(frame["event"], *(frame[h] / BINARY[host_unit] for h in HOST_COLUMNS),
-                            colors=[CATEGORY_COLORS[c] for c in STATE_CATEGORIES], linewidth=0)
+            on_host = [*HOST_COLUMNS, HOST_ACTIVATIONS]
+            below, host_unit = axes.pop(0), unit_for([frame[on_host].sum(axis=1).max()])
+            below.stackplot(frame["event"], *(frame[h] / BINARY[host_unit] for h in on_host),
+                            colors=[CATEGORY_COLORS[c] for c in (*STATE_CATEGORIES, "activations")], linewidth=0)
             below.set_ylabel(f"host ({host_unit})")
     last = fig.axes[-1]
     last.set_xlabel("allocation and free events of one training step")
