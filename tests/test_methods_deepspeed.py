@@ -82,6 +82,17 @@ def test_zero2_offload_state_bytes_are_deepspeeds_buffers() -> None:
     assert measured["device"] < checkpointing["device"] < measured["total"]
 
 
+@pytest.mark.parametrize("name", ZERO)
+def test_prebuild_loads_every_op_a_run_loads(monkeypatch, name: str) -> None:
+    """Outside the host-memory window: a compiler's processes count in a run's host figure (3.38 GiB on a fresh
+    machine's smoke run when the shared-memory op compiled inside it)."""
+    from deepspeed.ops.op_builder.builder import OpBuilder
+
+    monkeypatch.setattr(OpBuilder, "_loaded_ops", {})
+    create_method(name, tiny_spec()).prebuild()
+    assert {"cpu_adam", "deepspeed_shm_comm"} <= set(OpBuilder._loaded_ops)
+
+
 def test_compile_notice_when_the_op_cache_is_empty(tmp_path, monkeypatch, capsys) -> None:
     from deepspeed.git_version_info import installed_ops
     from deepspeed.ops.op_builder.builder import OpBuilder

@@ -134,3 +134,20 @@ def test_estimate_says_what_the_offload_holds_on_the_host(capsys: pytest.Capture
     offload = rows["checkpoint-offload+adamw+full"]
     assert offload["host_activations"] == offload["host_peak_bytes"] == 3 * BOUNDARY
     assert offload["device_peak_bytes"] <= rows["checkpointing"]["device_peak_bytes"]
+
+
+@pytest.mark.parametrize(("name", "options"), [
+    ("checkpoint-offload+adamw+full", {"checkpoint_every": 2}),  # the layers between checkpoints offload everything
+    ("offload-activations+adamw+full", {"tile_tokens": 128}),  # each chunk's inputs offloaded
+    ("checkpoint-offload+adamw+full", {"tile_tokens": 128})])
+def test_offloading_composes_with_selective_checkpointing_and_tiling(runs: dict, name: str, options: dict) -> None:
+    spec = replace(SPEC, options=options)
+    result = run_method(name, spec, steps=1, warmup=1)
+    assert result.losses == runs["store"].losses
+    measured = result.metrics["memory"]["tensor_bytes"]
+    assert measured["host_activations"] == result.method_stats["host_copies_peak_bytes"] > 0
+    estimate = estimate_method(name, spec, target="cpu")
+    assert estimate.tensor_bytes.host_activations == measured["host_activations"]
+    # A tiled step's estimate is within 1 % (test_tiling.py: the observer effect on chunk gradients' accumulation).
+    assert abs(measured["total"] - estimate.peak_bytes) <= (0.01 * measured["total"] if "tile_tokens" in options
+                                                            else 4 * RNG_STATE + 256)
