@@ -48,6 +48,12 @@ class PhaseRanges:
         self.ranges = sorted(ranges)
         self.starts = [start for start, _, _ in self.ranges]
 
+    def covers(self, time_ns: int) -> bool:
+        """Whether a range holds time t, for ranges that never nest (host_residency's: one copy each), where only the
+        latest to start can hold it: one bisection, where `at` may walk back over every earlier range."""
+        latest = bisect.bisect_right(self.starts, time_ns) - 1
+        return latest >= 0 and time_ns <= self.ranges[latest][1]
+
     def at(self, time_ns: int) -> str | None:
         # Ranges are nested or disjoint: the latest-starting range that still holds t is the innermost.
         for index in range(bisect.bisect_right(self.starts, time_ns) - 1, -1, -1):

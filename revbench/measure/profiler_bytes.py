@@ -10,7 +10,6 @@ free pre-existing state inside the window (revbench clears gradients just before
 
 from __future__ import annotations
 
-import bisect
 import functools
 import heapq
 from collections.abc import Callable
@@ -37,7 +36,7 @@ from revbench.measure.phases import RANGE_PREFIX, PhaseRanges
 from revbench.measure.residency import HOST_RANGE
 from revbench.measure.timeline import HOST_ACTIVATIONS, sweep
 
-Event = tuple[int, int, int]  # (pointer, bytes allocated or -bytes freed, time in ns)
+AllocationEvent = tuple[int, int, int]  # (pointer, bytes allocated or -bytes freed, time in ns)
 
 
 def profile_events(prof: profile) -> tuple[list[Any], PhaseRanges, PhaseRanges]:
@@ -69,7 +68,7 @@ def measure_peak_bytes(
     return step.result, step.peak()
 
 
-def with_missed_frees(events: list[Event]) -> tuple[list[Event], int]:
+def with_missed_frees(events: list[AllocationEvent]) -> tuple[list[AllocationEvent], int]:
     """The events with a free put back wherever the profiler missed one, and how many it missed.
 
     The profiler hears only the frees of threads it profiles. On CPU ranks a collective's buffers (the clone that
@@ -79,7 +78,7 @@ def with_missed_frees(events: list[Event]) -> tuple[list[Event], int]:
     new block, the latest moment it can have been freed. The figure may then sit above the true one by that block
     (the record says how many frees were put back), never below."""
     live: dict[int, int] = {}
-    fixed: list[Event] = []
+    fixed: list[AllocationEvent] = []
     missed = 0
     for ptr, size, time_ns in events:
         if size > 0 and ptr in live:
@@ -94,12 +93,12 @@ def with_missed_frees(events: list[Event]) -> tuple[list[Event], int]:
 
 
 def split_residency(events: list[tuple[str, int, int, int]], device_type: str, host: PhaseRanges
-                    ) -> tuple[list[Event], list[Event], int]:
+                    ) -> tuple[list[AllocationEvent], list[AllocationEvent], int]:
     """(the device's events, the host-resident activations' events, the device's frees put back) from (device type,
     pointer, bytes, time) events: a CPU allocation inside a host-residency range is an offloaded activation, and so
     is the free of its pointer. On a CPU run the two share the allocator; on a GPU the CPU's other events are not the
     device's."""
-    by_type: dict[str, list[Event]] = {"cpu": [], device_type: []}
+    by_type: dict[str, list[AllocationEvent]] = {"cpu": [], device_type: []}
     for kind, ptr, size, time_ns in events:
         if kind in by_type:
             by_type[kind].append((ptr, size, time_ns))
@@ -110,16 +109,14 @@ def split_residency(events: list[tuple[str, int, int, int]], device_type: str, h
     return device, on_host, missed
 
 
-def _host_part(events: list[Event], host: PhaseRanges) -> tuple[list[Event], list[Event]]:
+def _host_part(events: list[AllocationEvent], host: PhaseRanges) -> tuple[list[AllocationEvent], list[AllocationEvent]]:
     """(the rest, the allocations inside host ranges and their frees)."""
-    rest: list[Event] = []
-    on_host: list[Event] = []
+    rest: list[AllocationEvent] = []
+    on_host: list[AllocationEvent] = []
     owned: set[int] = set()
     for event in events:
         ptr, size, time_ns = event
-        # Host ranges never nest (one copy each): only the latest to start before t can hold it.
-        latest = bisect.bisect_right(host.starts, time_ns) - 1
-        if size > 0 and latest >= 0 and time_ns <= host.ranges[latest][1]:
+        if size > 0 and host.covers(time_ns):
             owned.add(ptr)
             on_host.append(event)
         elif size < 0 and ptr in owned:
@@ -130,7 +127,7 @@ def _host_part(events: list[Event], host: PhaseRanges) -> tuple[list[Event], lis
     return rest, on_host
 
 
-def running_peak(events: list[Event]) -> int:
+def running_peak(events: list[AllocationEvent]) -> int:
     """The most bytes live at once over `events` (frees of blocks not allocated in them ignored)."""
     live: dict[int, int] = {}
     current = peak = 0
@@ -150,13 +147,14 @@ class ProfiledStep:
 
     result: Any
     device_type: str
-    events: list[Event]  # the device's, in order
+    events: list[AllocationEvent]  # the device's, in order
     phases: PhaseRanges
     before: dict
     after: dict
     host: set
     missed_frees: int = 0  # frees the profiler did not report, put back by `with_missed_frees`
-    host_events: list[Event] = field(default_factory=list)  # activations offloaded to host memory (residency.py)
+    # activations offloaded to host memory (residency.py)
+    host_events: list[AllocationEvent] = field(default_factory=list)
 
     @classmethod
     def run(cls, fn: Callable[[], Any], state_tensors: Callable[[], StateTensors], device: torch.device | str
