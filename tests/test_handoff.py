@@ -27,7 +27,7 @@ from revbench.models import TINY_PRESETS, ModelSpec, build_model
 from revbench.revexact.function import ExactWalk
 from revbench.revffn.handoff import Walk, gathered
 from revbench.revffn.reversible import RevFFNWalk
-from revbench.states.zero_offload import BASELINES_DIR
+from revbench.states.zero import BASELINES_DIR
 
 DESIGNS = {"revffn": revffn.convert, "revexact": revexact.convert}
 WALKS = {"revffn": RevFFNWalk, "revexact": ExactWalk}

@@ -89,6 +89,31 @@ def test_zero2_partitions_gradients_and_optimizer_states_but_not_parameters(zero
 
 
 @pytest.fixture(scope="module")
+def zero_device_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, RunRecord]:
+    out = tmp_path_factory.mktemp("zero-device")
+    return {stage: measured(stage, 2, out) for stage in ("zero1", "zero2", "zero3")}
+
+
+@pytest.mark.deepspeed
+@pytest.mark.parametrize("stage", ["zero1", "zero2", "zero3"])
+def test_zero_on_the_device_at_two_ranks_trains_like_one_and_matches_its_layout(zero_runs: dict,
+                                                                                zero_device_runs: dict,
+                                                                                stage: str) -> None:
+    """ZeRO-1/2/3 without offload at 2 ranks: the same losses as one rank (ZeRO-2 offload's: the same math), and
+    each rank's parameters, float32 masters with AdamW's moments (and ZeRO-3's gradient partition) to the byte."""
+    record = zero_device_runs[stage]
+    assert record.losses == pytest.approx(zero_runs["zero2-offload", 1].losses, rel=LOSS_RTOL)
+    estimate = rank_states(stage, ModelShape.of(ModelSpec(layers=2), "cpu"), 2, "cpu")
+    for rank in (0, 1):
+        rank_bytes = tensor_bytes(record, rank)
+        assert (rank_bytes["params"], rank_bytes["optimizer"]) == (estimate.params, estimate.optimizer)
+        assert rank_bytes["optimizer"] == 6 * PARAMS + 4  # 12 bytes a parameter over 2 ranks + AdamW's step count
+        assert rank_bytes["host"] == 0
+        if stage == "zero3":  # the gradient partition is persistent; ZeRO-1/2's gradients are gone at the step
+            assert rank_bytes["grads"] == estimate.grads
+
+
+@pytest.fixture(scope="module")
 def ddp_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, RunRecord]:
     out = tmp_path_factory.mktemp("ddp")
     return {ranks: measured("store+adamw-ddp+full", ranks, out) for ranks in (1, 2)}

@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def table(name: str, spec: TrainSpec, target: str) -> pd.DataFrame:
     """The tensors live at the peak of the step after the warm-up, grouped, largest first."""
     if parse_method(name).states in ZERO_STATES:
-        raise ValueError(f"{name}: DeepSpeed's offload is estimated from a layout model, not a fake-tensor step; "
+        raise ValueError(f"{name}: DeepSpeed ZeRO is estimated from a layout model, not a fake-tensor step; "
                          "bench peak lists the tensors of fake-tensor steps only")
     step = MethodStep(name, spec, target)
     batch, seq = spec.workload.batch, spec.workload.seq

@@ -33,10 +33,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "estimate", help="estimate peak device and host memory per method without allocating; find what fits",
         description="Runs each method's real training step on fake tensors (no memory is allocated) and reports "
-        "the peak tensor bytes of the measured (second) step by category. DeepSpeed's offload, which cannot run on "
-        "fake tensors, is estimated from a model of DeepSpeed's buffers plus a fake-tensor forward and backward, "
-        "with a device and a host figure. Kernel workspaces, the CUDA context and allocator fragmentation are not "
-        "tensors: leave headroom under the GPU's capacity.")
+        "the peak tensor bytes of the measured (second) step by category. DeepSpeed ZeRO, which cannot run on "
+        "fake tensors, is estimated from a model of DeepSpeed's buffers plus a fake-tensor forward and backward "
+        "(and on the device its step, on fake float32 masters), with a device and a host figure. Kernel "
+        "workspaces, the CUDA context and allocator fragmentation are not tensors: leave headroom under the GPU's "
+        "capacity.")
     parser.add_argument("--model", required=True, metavar="PRESET|PATH",
                         help="a preset (e.g. qwen1.5-moe-a2.7b) or a local Hugging Face config.json (or a directory "
                         "holding one) of a supported family")

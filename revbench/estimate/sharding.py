@@ -1,22 +1,33 @@
 """Per-rank model-state bytes over N data-parallel ranks: how DDP replicates the model states and how DeepSpeed
-ZeRO-2/3 with CPU offload partitions them, from the model's parameter shapes and the DeepSpeed config.
+ZeRO-1/2/3, on the device or with CPU offload, partitions them, from the model's parameter shapes and the
+DeepSpeed config.
 
-This is layout arithmetic, not a fake-tensor step: DeepSpeed's offload runs on host-side flat buffers and a
-compiled CPU Adam that fake tensors cannot run. Each term names the buffer DeepSpeed 0.19 allocates for it, and
-`tests/test_estimate_sharding.py` holds the terms to the byte against measured CPU ranks at N = 1 and N = 2.
+This is layout arithmetic, not a fake-tensor step: DeepSpeed cannot run on fake tensors. Each term names the
+buffer DeepSpeed 0.19 allocates for it, and `tests/test_estimate_sharding.py` holds the terms to the byte against
+measured CPU ranks at N = 1 and N = 2.
 
-Per rank, with P parameters in `b`-byte elements (4 on CPU, 2 in bf16 on CUDA) and a world of N:
+Per rank, with P parameters in `b`-byte elements (4 on CPU, 2 in bf16 on CUDA), a world of N, R the reduce bucket
+and L the largest parameter:
 
 | states        | device                                             | host (pinned, per rank)                        |
 |---------------|----------------------------------------------------|------------------------------------------------|
 | adamw-ddp     | b·P weights, b·P gradient buckets, 2b·P moments   | -                                              |
-| zero2-offload | b·P weights, b·L gradient staging (L: the largest | b·P/N bit16 staging, 4·P/N + b·L gradients,    |
-|               | parameter)                                          | 12·P/N fp32 master, momentum and variance      |
+| zero1         | b·P weights, b·P gradients, 12·P/N fp32 master,   | -                                              |
+|               | momentum and variance                              |                                                |
+| zero2         | b·P weights, b·P/N gradient partition + b·R,      | -                                              |
+|               | 12·P/N master, momentum and variance               |                                                |
+| zero3         | b·P/N weights (+ b·K persistent small parameters, | -                                              |
+|               | N > 1), b·P/N + b·R gradients, 12·P/N master and  |                                                |
+|               | moments, plus one gathered layer while it runs     |                                                |
+| zero2-offload | b·P weights, b·L gradient staging                  | b·P/N bit16 staging, 4·P/N + b·L gradients,    |
+|               |                                                    | 12·P/N fp32 master, momentum and variance      |
 | zero3-offload | b·R reduce bucket, b·K persistent small parameters | b·P/N parameters, (4 + b)·P/N gradients,       |
 |               | (N > 1), plus one gathered layer while it runs     | 12·P/N master, momentum and variance           |
 
-ZeRO-2 pads its flat partition to a multiple of 2·N elements; ZeRO-3 partitions every parameter on its own,
-padded to ceil(numel / N), so P/N above is the sum of those. A node of G ranks holds G ranks' host bytes.
+ZeRO-1/2 pad their flat partition to a multiple of 2·N elements; ZeRO-3 partitions every parameter on its own,
+padded to ceil(numel / N), so P/N above is the sum of those. On one rank ZeRO-3 without offload gathers nothing
+(its partition is the parameter). A node of G ranks holds G ranks' host bytes. Not counted, as for DDP: the
+device step's transients (the float32 gradient partition and AdamW's temporaries).
 """
 
 from __future__ import annotations
@@ -28,11 +39,12 @@ from typing import Any
 
 import torch
 
+from revbench.estimate.zero_layout import SUB_GROUP_SIZE, sub_groups
 from revbench.models import ModelSpec
 from revbench.models.dtypes import parse_dtype
 from revbench.models.zoo import build_model
 
-SHARDED_STATES = ("adamw-ddp", "zero2-offload", "zero3-offload")
+SHARDED_STATES = ("adamw-ddp", "zero1", "zero2", "zero3", "zero2-offload", "zero3-offload")
 ZERO2_ALIGNMENT = 2  # DeepSpeed's nccl_start_alignment_factor: ZeRO-2's flat group is padded to 2·N elements
 
 
@@ -94,11 +106,26 @@ class RankStates:
 def zero_settings(states: str, hidden: int, dtype: torch.dtype) -> dict[str, Any]:
     """The zero_optimization section a run of `states` uses: the shipped baselines config, filled in by the same
     code as a real run (so "auto" bucket sizes come out alike)."""
-    from revbench.states.zero_offload import BASELINES_DIR, fill_config, load_config
+    from revbench.states.zero import ZERO_TECHNIQUES, fill_config
 
-    stage, offload_param = (2, False) if states == "zero2-offload" else (3, True)
-    config = load_config(BASELINES_DIR / f"{states}.json", stage, offload_param)
-    return fill_config(config, 1, dtype, hidden)["zero_optimization"]
+    return fill_config(ZERO_TECHNIQUES[states].load_config(), 1, dtype, hidden)["zero_optimization"]
+
+
+def zero12_partition(total: int, ranks: int) -> int:
+    """One rank's share of ZeRO-1/2's flat group, padded to a multiple of 2·N elements."""
+    alignment = ZERO2_ALIGNMENT * ranks
+    return math.ceil(total / alignment) * alignment // ranks
+
+
+def zero3_partition(shape: ModelShape, ranks: int) -> int:
+    return sum(math.ceil(n / ranks) for n in shape.numels)  # each parameter's ds_tensor
+
+
+def zero3_persistent(shape: ModelShape, ranks: int, zero: dict[str, Any]) -> int:
+    """Parameters under the persistence threshold stay whole on every rank; at one rank the partition is the whole
+    parameter already, so nothing is held twice."""
+    threshold = zero["stage3_param_persistence_threshold"]
+    return sum(n for n in shape.numels if n <= threshold) if ranks > 1 else 0
 
 
 def ddp(shape: ModelShape, ranks: int, target: str) -> RankStates:
@@ -109,10 +136,43 @@ def ddp(shape: ModelShape, ranks: int, target: str) -> RankStates:
     return RankStates(params=b * total + shape.buffer_bytes, grads=b * total, optimizer=2 * b * total + steps)
 
 
+def adamw_steps(partitions: int, target: str) -> int:
+    """torch's AdamW keeps a float32 step count per master partition: on the device only on CPU (see `ddp`)."""
+    return 4 * partitions if target == "cpu" else 0
+
+
+def zero1(shape: ModelShape, ranks: int, target: str) -> RankStates:
+    b, total = shape.element_bytes, shape.parameters
+    # bit16_groups_flat and whole gradients until the step; single_partition_of_fp32_groups and AdamW's moments
+    return RankStates(params=b * total + shape.buffer_bytes, grads=b * total,
+                      optimizer=12 * zero12_partition(total, ranks) + adamw_steps(1, target))
+
+
+def zero2(shape: ModelShape, ranks: int, target: str) -> RankStates:
+    b, total = shape.element_bytes, shape.parameters
+    zero = zero_settings("zero2", shape.hidden, shape.dtype)
+    part = zero12_partition(total, ranks)
+    # grads_in_partition and the ipg bucket
+    return RankStates(params=b * total + shape.buffer_bytes, grads=b * part + b * zero["reduce_bucket_size"],
+                      optimizer=12 * part + adamw_steps(1, target))
+
+
+def zero3(shape: ModelShape, ranks: int, target: str) -> RankStates:
+    b = shape.element_bytes
+    zero = zero_settings("zero3", shape.hidden, shape.dtype)
+    partitions = [math.ceil(n / ranks) for n in shape.numels]
+    part = sum(partitions)
+    groups = len(sub_groups(partitions, int(zero.get("sub_group_size", SUB_GROUP_SIZE))))
+    # the partitions, grad_partitions_flat_buffer and the ipg bucket, fp32_partitioned_groups_flat and the moments
+    return RankStates(params=b * part + b * zero3_persistent(shape, ranks, zero) + shape.buffer_bytes,
+                      grads=b * part + b * zero["reduce_bucket_size"],
+                      optimizer=12 * part + adamw_steps(groups, target),
+                      gathered=b * max(shape.layer_numels) if ranks > 1 else 0)
+
+
 def zero2_offload(shape: ModelShape, ranks: int, target: str) -> RankStates:
     b, total, largest = shape.element_bytes, shape.parameters, max(shape.numels)
-    alignment = ZERO2_ALIGNMENT * ranks
-    part = math.ceil(total / alignment) * alignment // ranks
+    part = zero12_partition(total, ranks)
     host_params = b * part  # param_buffer_of_bit16_for_cpu_offload_groups
     host_grads = 4 * part + b * largest  # the fp32 partition's grad, temp_grad_buffer_for_cpu_offload
     host_optimizer = 12 * part  # single_partition_of_fp32_groups and Adam's exp_avg, exp_avg_sq
@@ -125,21 +185,18 @@ def zero2_offload(shape: ModelShape, ranks: int, target: str) -> RankStates:
 def zero3_offload(shape: ModelShape, ranks: int, target: str) -> RankStates:
     b = shape.element_bytes
     zero = zero_settings("zero3-offload", shape.hidden, shape.dtype)
-    part = sum(math.ceil(n / ranks) for n in shape.numels)  # each parameter's ds_tensor
-    # Parameters under the persistence threshold stay whole on every rank; at one rank the partition is the
-    # whole parameter already, so nothing is held twice.
-    threshold = zero["stage3_param_persistence_threshold"]
-    persistent = sum(n for n in shape.numels if n <= threshold) if ranks > 1 else 0
+    part = zero3_partition(shape, ranks)
     host_params = b * part  # the offloaded parameter partitions
     host_grads = (4 + b) * part  # the fp32 partition's grad, grad_partitions_flat_buffer
     host_optimizer = 12 * part  # fp32_partitioned_groups_flat and Adam's exp_avg, exp_avg_sq
     device_grads = b * zero["reduce_bucket_size"]  # the ipg bucket's flat buffer
-    return RankStates(params=host_params + b * persistent + shape.buffer_bytes, grads=device_grads + host_grads,
-                      optimizer=host_optimizer, host_params=host_params, host_grads=host_grads,
-                      host_optimizer=host_optimizer, gathered=b * max(shape.layer_numels))
+    return RankStates(params=host_params + b * zero3_persistent(shape, ranks, zero) + shape.buffer_bytes,
+                      grads=device_grads + host_grads, optimizer=host_optimizer, host_params=host_params,
+                      host_grads=host_grads, host_optimizer=host_optimizer, gathered=b * max(shape.layer_numels))
 
 
-LAYOUTS = {"adamw-ddp": ddp, "zero2-offload": zero2_offload, "zero3-offload": zero3_offload}
+LAYOUTS = {"adamw-ddp": ddp, "zero1": zero1, "zero2": zero2, "zero3": zero3, "zero2-offload": zero2_offload,
+           "zero3-offload": zero3_offload}
 
 
 def rank_states(states: str, shape: ModelShape, ranks: int, target: str = "cuda") -> RankStates:

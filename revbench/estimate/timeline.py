@@ -18,8 +18,8 @@ def step_timeline(name: str, spec: TrainSpec, target: str) -> pd.DataFrame:
     """`name`'s timeline at `spec` (its model's full depth, its batch and sequence length) on `target`'s code path."""
     session = open_session(name, spec, target, extrapolate=False)
     if not hasattr(session, "timeline"):
-        raise TimelineUnavailable("DeepSpeed's offload is estimated from its buffer layout plus an activation peak, "
-                                  "not stepped event by event")
+        raise TimelineUnavailable("DeepSpeed ZeRO, offloaded or not, is estimated from its buffer layout plus an "
+                                  "activation peak, not stepped event by event")
     return session.timeline(spec.workload.batch, spec.workload.seq)
 
 

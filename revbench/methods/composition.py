@@ -58,6 +58,9 @@ class Composition:
 PRESETS: dict[str, Composition] = {
     "standard": Composition("store", "adamw", "full"),
     "checkpointing": Composition("checkpoint", "adamw", "full"),
+    "zero1": Composition("store", "zero1", "full"),
+    "zero2": Composition("store", "zero2", "full"),
+    "zero3": Composition("store", "zero3", "full"),
     "zero2-offload": Composition("store", "zero2-offload", "full"),
     "zero3-offload": Composition("store", "zero3-offload", "full"),
     "lora": Composition("store", "lora", "full"),

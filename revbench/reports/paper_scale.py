@@ -144,7 +144,7 @@ def compute(point: Point, cache: Path, progress: Callable[[str], None] | None = 
 
 def timeline_names(curves: list[dict[str, Any]]) -> list[str]:
     """The paper's pair and the composition with the largest batch at the table's sequence among those whose step
-    is traced event by event (not a DeepSpeed offload, whose estimate is a layout model)."""
+    is traced event by event (not DeepSpeed ZeRO, whose estimate is a layout model)."""
     from revbench.estimate.zero_step import ZERO_STATES
     from revbench.methods import parse_method
 

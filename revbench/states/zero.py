@@ -1,9 +1,12 @@
-"""`zero2-offload` and `zero3-offload`: DeepSpeed ZeRO with CPU offload. ZeRO-2 keeps float32 master weights,
-gradient partitions and Adam states in host memory; ZeRO-3 partitions and offloads the parameters too.
+"""DeepSpeed ZeRO, as the Hugging Face Trainer and LLaMA-Factory run it: `zero1`, `zero2` and `zero3` keep every
+state on the device, partitioned over the ranks (ZeRO-1 the float32 master weights and AdamW states, ZeRO-2 the
+gradients too, ZeRO-3 the parameters too); `zero2-offload` and `zero3-offload` keep the float32 master weights,
+gradient partitions and Adam states in host memory, ZeRO-3's offload the parameter partitions too.
 
 The ZeRO settings come from an editable JSON file in the top-level `baselines/` folder; the runner fills in what
 must match the other methods (batch sizes, precision) and sizes buckets marked "auto". The optimizer is the one
-AdamW of `spec.optimizer`, run as DeepSpeed's CPU Adam in AdamW mode on the offloaded float32 partitions.
+AdamW of `spec.optimizer`: torch's, on the device's float32 partitions, or DeepSpeed's CPU Adam in AdamW mode on
+the offloaded ones.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ RUNNER_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_a
                "scheduler", "bf16", "fp16")
 
 
-def load_config(path: Path, stage: int, offload_param: bool) -> dict[str, Any]:
+def load_config(path: Path, stage: int, offload_optimizer: bool, offload_param: bool) -> dict[str, Any]:
     """Read a baselines JSON file and check it describes the method it is used for."""
     if not path.is_file():
         raise FileNotFoundError(f"DeepSpeed config {str(path)!r} does not exist")
@@ -47,7 +50,7 @@ def load_config(path: Path, stage: int, offload_param: bool) -> dict[str, Any]:
     if zero.get("stage") != stage:
         raise ValueError(f"DeepSpeed config {str(path)!r} must have zero_optimization.stage {stage}, "
                          f"got {zero.get('stage')!r}")
-    wanted = {"offload_optimizer": True, "offload_param": offload_param}
+    wanted = {"offload_optimizer": offload_optimizer, "offload_param": offload_param}
     for key, on in wanted.items():
         device = (zero.get(key) or {}).get("device", "none")
         if (device == "cpu") != on:
@@ -94,11 +97,11 @@ GRAD_BUFFERS = ("grads_in_partition", "ipg_buffer", "temp_grad_buffer_for_cpu_of
 HOST_BUFFERS = ("param_buffer_of_bit16_for_cpu_offload_groups", "temp_grad_buffer_for_cpu_offload",
                 "accumulated_grads_in_cpu", "grad_partitions_flat_buffer")
 HOST_PARAM_BUFFERS = ("param_groups_fp16_flat_cpu_memory",)
-# The DeepSpeed ops a ZeRO offload run loads, JIT-compiled on first use unless prebuilt.
-OPS = ("CPUAdamBuilder", "ShareMemCommBuilder")
+# The DeepSpeed op every ZeRO run loads on CPU ranks (CPU Adam besides, where the optimizer is offloaded).
+OPS = ("ShareMemCommBuilder",)
 
 
-def zero_state_tensors(engine: Any, offload_param: bool) -> StateTensors:
+def zero_state_tensors(engine: Any, offload_optimizer: bool, offload_param: bool) -> StateTensors:
     """DeepSpeed's own model states. The float32 master partitions count as optimizer state, as in the ZeRO paper
     (K = 12 bytes per parameter: master weights, momentum, variance). ZeRO-3's gathered full parameters exist
     only around each layer's use, so the byte accounting sees them as transient (activations).
@@ -116,60 +119,75 @@ def zero_state_tensors(engine: Any, offload_param: bool) -> StateTensors:
     grads += tensors_in([getattr(zero, name, None) for name in GRAD_BUFFERS])
     grads += tensors_in([getattr(bucket, "buffer", None) for bucket in getattr(zero, "ipg_buckets", {}).values()])
     states = tensors_in(list(zero.optimizer.state.values()))
-    host = masters + master_grads + states + tensors_in([getattr(zero, name, None) for name in HOST_BUFFERS])
+    host: list[torch.Tensor] = []
+    if offload_optimizer:
+        host += masters + master_grads + states + tensors_in([getattr(zero, name, None) for name in HOST_BUFFERS])
     if offload_param:
         host += partitions + tensors_in([getattr(zero, name, None) for name in HOST_PARAM_BUFFERS])
     return {"params": params, "grads": grads, "optimizer": masters + states, HOST: host}
 
 
-class ZeroOffload(ModelStates):
-    """A ZeRO stage with CPU offload, driven by `engine.backward` and `engine.step`."""
+class Zero(ModelStates):
+    """A ZeRO stage, driven by `engine.backward` and `engine.step`: on the device, or with CPU offload."""
 
     stage: ClassVar[int]
-    offload_param: ClassVar[bool]
-    config_name: ClassVar[str]  # the default config file, baselines/<config_name>.json
-    option_names = ("config",)  # path to a DeepSpeed JSON config; default baselines/<config_name>.json
-    precision = ("float32 on CPU; on CUDA bfloat16 parameters and compute, with DeepSpeed's float32 master weights, "
-                 "gradient partitions and Adam states in host memory")
-    uses_adamw_implementation = False  # DeepSpeed's CPU Adam does the update
+    offload_optimizer: ClassVar[bool] = False
+    offload_param: ClassVar[bool] = False
+    option_names = ("config",)  # path to a DeepSpeed JSON config; default baselines/<name>.json
+    precision = ("float32 on CPU; on CUDA bfloat16 parameters and compute, with DeepSpeed's float32 master weights "
+                 "and AdamW states")
 
     def __init__(self, spec: Any) -> None:
         super().__init__(spec)
         self.device = torch.device(spec.device)
         self.engine: Any = None
         self.group = SingleProcessGroup()
-        self.config_path = Path(spec.options.get("config", BASELINES_DIR / f"{self.config_name}.json"))
+        self.config_path = Path(spec.options.get("config", BASELINES_DIR / f"{self.name}.json"))
         self.config: dict[str, Any] = {}
         self.init_seconds = 0.0
 
+    @classmethod
+    def load_config(cls, path: Path | None = None) -> dict[str, Any]:
+        """The technique's DeepSpeed config file (its shipped one by default), checked against the technique."""
+        return load_config(path or BASELINES_DIR / f"{cls.name}.json", cls.stage, cls.offload_optimizer,
+                           cls.offload_param)
+
+    def ops(self) -> tuple[str, ...]:
+        """The DeepSpeed ops a run loads, JIT-compiled on first use unless prebuilt: the shared-memory collectives
+        that `deepspeed.init_distributed` loads on CPU ranks, and CPU Adam where the optimizer is offloaded."""
+        return ("CPUAdamBuilder", *OPS) if self.offload_optimizer else OPS
+
     def prebuild(self) -> None:
-        """Load (JIT-compiling once, about a minute each) the ops the run uses: CPU Adam, and the shared-memory
-        collectives that `deepspeed.init_distributed` loads on CPU ranks, so no measured window holds the compiler
-        (its processes count in the host figure: 3.38 GiB on a fresh machine's smoke run)."""
+        """Load (JIT-compiling once, about a minute each) the ops the run uses, so no measured window holds the
+        compiler (its processes count in the host figure: 3.38 GiB on a fresh machine's zero2-offload smoke run)."""
         import_deepspeed(self.device)
         from deepspeed.accelerator import get_accelerator
 
-        announce_compiles(list(OPS))
-        for name in OPS:
+        announce_compiles(list(self.ops()))
+        for name in self.ops():
             builder = get_accelerator().create_op_builder(name)
             if builder is not None and builder.is_compatible():  # the shared-memory op is the CPU accelerator's
                 builder.load()
 
-    def setup(self, model: nn.Module) -> Callable[..., Any]:
-        deepspeed = import_deepspeed(self.device)
+    def make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        if not self.offload_optimizer:
+            return super().make_optimizer(params)  # torch's AdamW on the float32 partitions DeepSpeed hands it
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
-        config = load_config(self.config_path, self.stage, self.offload_param)
+        announce_compiles(["CPUAdamBuilder"])
+        return DeepSpeedCPUAdam(params, **self.spec.optimizer.hyperparameters(), adamw_mode=True)
+
+    def setup(self, model: nn.Module) -> Callable[..., Any]:
+        deepspeed = import_deepspeed(self.device)
+        config = self.load_config(self.config_path)
         started = time.perf_counter()
         self.group.open(deepspeed, self.device)
         try:
             # workload.batch is the global batch; each rank trains on its share (revbench.ranks).
             self.config = fill_config(config, self.spec.workload.batch // world_size(), next(model.parameters()).dtype,
                                       model.config.hidden_size)
-            announce_compiles(["CPUAdamBuilder"])
-            trainable = [p for p in model.parameters() if p.requires_grad]
-            cpu_adam = DeepSpeedCPUAdam(trainable, **self.spec.optimizer.hyperparameters(), adamw_mode=True)
-            self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=cpu_adam,
+            optimizer = self.make_optimizer([p for p in model.parameters() if p.requires_grad])
+            self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                                                      config=self.config)
         except BaseException:
             self.teardown()  # leave no process group behind for the next run in this process
@@ -186,7 +204,7 @@ class ZeroOffload(ModelStates):
 
     def state_tensors(self) -> StateTensors:
         assert self.engine is not None, "setup() first"
-        return zero_state_tensors(self.engine, self.offload_param)
+        return zero_state_tensors(self.engine, self.offload_optimizer, self.offload_param)
 
     def full_parameters(self) -> dict[str, torch.Tensor]:
         if self.stage < 3:
@@ -198,7 +216,8 @@ class ZeroOffload(ModelStates):
             return {name: p.detach().cpu().clone() for name, p in params.items()}
 
     def stats(self) -> dict[str, Any]:
-        return {"zero_stage": self.stage, "data_parallel": self.data_parallel, "offload_optimizer": "cpu",
+        return {"zero_stage": self.stage, "data_parallel": self.data_parallel,
+                "offload_optimizer": "cpu" if self.offload_optimizer else "none",
                 "offload_param": "cpu" if self.offload_param else "none",
                 "config_file": project_relative(self.config_path), "ds_config": self.config,
                 "init_seconds": self.init_seconds}
@@ -211,17 +230,44 @@ class ZeroOffload(ModelStates):
         super().teardown()
 
 
+class Zero1(Zero):
+    name = "zero1"
+    data_parallel = "parameters and gradients replicated; float32 master weights and AdamW states partitioned"
+    stage = 1
+
+
+class Zero2(Zero):
+    name = "zero2"
+    data_parallel = "parameters replicated; gradients, float32 master weights and AdamW states partitioned"
+    stage = 2
+
+
+class Zero3(Zero):
+    name = "zero3"
+    data_parallel = "parameters, gradients, float32 master weights and AdamW states partitioned"
+    stage = 3
+
+
+class ZeroOffload(Zero):
+    """ZeRO with the optimizer (and for ZeRO-3 the parameters) offloaded to host memory, updated by CPU Adam."""
+
+    offload_optimizer = True
+    precision = ("float32 on CPU; on CUDA bfloat16 parameters and compute, with DeepSpeed's float32 master weights, "
+                 "gradient partitions and Adam states in host memory")
+    uses_adamw_implementation = False  # DeepSpeed's CPU Adam does the update
+
+
 class Zero2Offload(ZeroOffload):
     name = "zero2-offload"
-    data_parallel = "parameters replicated; gradients and optimizer states partitioned over the ranks"
+    data_parallel = Zero2.data_parallel
     stage = 2
-    offload_param = False
-    config_name = "zero2-offload"
 
 
 class Zero3Offload(ZeroOffload):
     name = "zero3-offload"
-    data_parallel = "parameters, gradients and optimizer states partitioned over the ranks"
+    data_parallel = Zero3.data_parallel
     stage = 3
     offload_param = True
-    config_name = "zero3-offload"
+
+
+ZERO_TECHNIQUES: dict[str, type[Zero]] = {c.name: c for c in (Zero1, Zero2, Zero3, Zero2Offload, Zero3Offload)}
