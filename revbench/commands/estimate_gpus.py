@@ -32,6 +32,7 @@ def _table(result: object, budget: int | None, fit: bool) -> str:
         row = {"method": name, "per GPU": "-" if peak.per_gpu is None else format_bytes(peak.per_gpu),
                "states on GPU": format_bytes(states.device), "gathered layer": format_bytes(states.gathered),
                "backward transient": "-" if peak.transient is None else format_bytes(peak.transient),
+               "at the device step": format_bytes(states.step_device) if states.step_device else "-",
                "host per rank": format_bytes(states.host),
                f"host per node ({min(peak.ranks, peak.ranks_per_node)} ranks)": format_bytes(peak.host_per_node)}
         if budget is not None:
@@ -87,9 +88,11 @@ def handle(args: argparse.Namespace) -> int:
         note = f" --fit holds the per-GPU batch and adds ranks{host}."
     print(f"Wall time {time.perf_counter() - start:.1f} s. Per GPU: the model states each rank keeps on its GPU, "
           f"ZeRO-3's gathered layer, and the backward transient of the per-rank batch (activations and the gradient "
-          f"in flight, from a fake-tensor step). FSDP2's figures are its own step's peak on fake tensors as rank 0 "
-          f"of {args.gpus}, its gathered layers and reduce-scatter buffers in the transient (its optimizer workspace "
-          f"too). Not counted elsewhere: optimizer workspace, further gradient buckets; anywhere: the CUDA context "
-          f"and fragmentation: leave headroom."
+          f"in flight, from a fake-tensor step), or where ZeRO steps on the device, the larger of that and the "
+          f"device at its step (the float32 gradient partition and AdamW's temporaries beside the states). FSDP2's "
+          f"figures are its own step's peak on fake tensors as rank 0 of {args.gpus}, its gathered layers and "
+          f"reduce-scatter buffers in the transient (its optimizer workspace too). Not counted elsewhere: DDP's "
+          f"optimizer workspace, further gradient buckets; anywhere: the CUDA context and fragmentation: leave "
+          f"headroom."
           f"{note}")
     return 0

@@ -26,15 +26,16 @@ and L the largest parameter:
 
 ZeRO-1/2 pad their flat partition to a multiple of 2·N elements; ZeRO-3 partitions every parameter on its own,
 padded to ceil(numel / N), so P/N above is the sum of those. On one rank ZeRO-3 without offload gathers nothing
-(its partition is the parameter). A node of G ranks holds G ranks' host bytes. Not counted, as for DDP: the
-device step's transients (the float32 gradient partition and AdamW's temporaries).
+(its partition is the parameter). A node of G ranks holds G ranks' host bytes. ZeRO-1/2/3 on the device have a
+second peak, at their step: the float32 gradient partition and AdamW's temporaries (`device_step`); per GPU is the
+larger of the two. Not counted, as for DDP: DDP's own AdamW step workspace.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -79,7 +80,8 @@ class ModelShape:
 @dataclass(frozen=True)
 class RankStates:
     """One rank's persistent model-state bytes, split as the measurement splits them (host parts included in
-    each category), and the transient bytes of gathered parameters (ZeRO-3's layer being computed)."""
+    each category), the transient bytes of gathered parameters (ZeRO-3's layer being computed), and where the
+    optimizer steps on the device (ZeRO-1/2/3), the device's bytes at that step's own peak."""
 
     params: int
     grads: int
@@ -88,6 +90,7 @@ class RankStates:
     host_grads: int = 0
     host_optimizer: int = 0
     gathered: int = 0
+    step_device: int = 0  # device bytes at the device step's peak (0: not modelled, the step adds nothing there)
 
     @property
     def host(self) -> int:
@@ -100,7 +103,7 @@ class RankStates:
     def to_dict(self) -> dict[str, int]:
         return {"params": self.params, "grads": self.grads, "optimizer": self.optimizer,
                 "host_params": self.host_params, "host_grads": self.host_grads, "host_optimizer": self.host_optimizer,
-                "gathered": self.gathered, "device": self.device, "host": self.host}
+                "gathered": self.gathered, "step_device": self.step_device, "device": self.device, "host": self.host}
 
 
 def zero_settings(states: str, hidden: int, dtype: torch.dtype) -> dict[str, Any]:
@@ -141,20 +144,39 @@ def adamw_steps(partitions: int, target: str) -> int:
     return 4 * partitions if target == "cpu" else 0
 
 
+# The float32 temporaries torch's AdamW allocates at once over the tensors it steps together: the for-loop's
+# `exp_avg_sq.sqrt() / bias_correction2_sqrt` (two, per tensor), foreach's `_foreach_sqrt` (one, over all), fused none.
+ADAMW_TEMPORARIES = {"cpu": 2, "cuda": 1}  # the implementation torch takes by default on each: for-loop, foreach
+
+
+def device_step(b: int, partitions: list[int], grads_alive: int, target: str) -> int:
+    """The bytes a ZeRO device step adds at its peak, one master partition at a time (stage_1_and_2.py `step`,
+    stage3.py `_prepare_sub_group`): the partition's gradients flattened (b per element) and made float32 (a second
+    copy unless b is 4) while `grads_alive` bytes of gradients still exist; then the float32 gradient and AdamW's
+    temporaries (zero_step.py replays the same on fake tensors)."""
+    def one(n: int) -> int:
+        flatten = grads_alive + b * n + (4 * n if b != 4 else 0)
+        return max(flatten, 4 * n * (1 + ADAMW_TEMPORARIES[target]))
+    return max(one(n) for n in partitions)
+
+
 def zero1(shape: ModelShape, ranks: int, target: str) -> RankStates:
     b, total = shape.element_bytes, shape.parameters
+    part = zero12_partition(total, ranks)
+    params, optimizer = b * total + shape.buffer_bytes, 12 * part + adamw_steps(1, target)
     # bit16_groups_flat and whole gradients until the step; single_partition_of_fp32_groups and AdamW's moments
-    return RankStates(params=b * total + shape.buffer_bytes, grads=b * total,
-                      optimizer=12 * zero12_partition(total, ranks) + adamw_steps(1, target))
+    return RankStates(params=params, grads=b * total, optimizer=optimizer,
+                      step_device=params + optimizer + device_step(b, [part], b * total, target))
 
 
 def zero2(shape: ModelShape, ranks: int, target: str) -> RankStates:
     b, total = shape.element_bytes, shape.parameters
     zero = zero_settings("zero2", shape.hidden, shape.dtype)
     part = zero12_partition(total, ranks)
-    # grads_in_partition and the ipg bucket
-    return RankStates(params=b * total + shape.buffer_bytes, grads=b * part + b * zero["reduce_bucket_size"],
-                      optimizer=12 * part + adamw_steps(1, target))
+    params, optimizer = b * total + shape.buffer_bytes, 12 * part + adamw_steps(1, target)
+    # grads_in_partition and the ipg bucket (released at the end of backward)
+    return RankStates(params=params, grads=b * part + b * zero["reduce_bucket_size"], optimizer=optimizer,
+                      step_device=params + optimizer + device_step(b, [part], b * part, target))
 
 
 def zero3(shape: ModelShape, ranks: int, target: str) -> RankStates:
@@ -162,12 +184,13 @@ def zero3(shape: ModelShape, ranks: int, target: str) -> RankStates:
     zero = zero_settings("zero3", shape.hidden, shape.dtype)
     partitions = [math.ceil(n / ranks) for n in shape.numels]
     part = sum(partitions)
-    groups = len(sub_groups(partitions, int(zero.get("sub_group_size", SUB_GROUP_SIZE))))
+    groups = sub_groups(partitions, int(zero.get("sub_group_size", SUB_GROUP_SIZE)))
     # the partitions, grad_partitions_flat_buffer and the ipg bucket, fp32_partitioned_groups_flat and the moments
-    return RankStates(params=b * part + b * zero3_persistent(shape, ranks, zero) + shape.buffer_bytes,
-                      grads=b * part + b * zero["reduce_bucket_size"],
-                      optimizer=12 * part + adamw_steps(groups, target),
-                      gathered=b * max(shape.layer_numels) if ranks > 1 else 0)
+    states = RankStates(params=b * part + b * zero3_persistent(shape, ranks, zero) + shape.buffer_bytes,
+                        grads=b * part + b * zero["reduce_bucket_size"],
+                        optimizer=12 * part + adamw_steps(len(groups), target),
+                        gathered=b * max(shape.layer_numels) if ranks > 1 else 0)
+    return replace(states, step_device=states.device + device_step(b, groups, 0, target))
 
 
 def zero2_offload(shape: ModelShape, ranks: int, target: str) -> RankStates:
@@ -224,7 +247,7 @@ class RankPeak:
     def per_gpu(self) -> int | None:
         if self.transient is None:
             return None
-        return self.states.device + self.states.gathered + self.transient
+        return max(self.states.device + self.states.gathered + self.transient, self.states.step_device)
 
     @property
     def host_per_node(self) -> int:
