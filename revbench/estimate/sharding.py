@@ -120,8 +120,8 @@ def zero12_partition(total: int, ranks: int) -> int:
     return math.ceil(total / alignment) * alignment // ranks
 
 
-def zero3_partition(shape: ModelShape, ranks: int) -> int:
-    return sum(math.ceil(n / ranks) for n in shape.numels)  # each parameter's ds_tensor
+def zero3_partitions(shape: ModelShape, ranks: int) -> list[int]:
+    return [math.ceil(n / ranks) for n in shape.numels]  # each parameter's ds_tensor
 
 
 def zero3_persistent(shape: ModelShape, ranks: int, zero: dict[str, Any]) -> int:
@@ -131,17 +131,17 @@ def zero3_persistent(shape: ModelShape, ranks: int, zero: dict[str, Any]) -> int
     return sum(n for n in shape.numels if n <= threshold) if ranks > 1 else 0
 
 
+def adamw_steps(tensors: int, target: str) -> int:
+    """torch's AdamW keeps a float32 step count per tensor it steps: on the parameter's device only for the fused
+    and capturable kernels (CPU runs), else on the host where it is noise."""
+    return 4 * tensors if target == "cpu" else 0
+
+
 def ddp(shape: ModelShape, ranks: int, target: str) -> RankStates:
-    """Every rank holds everything. torch's AdamW keeps a float32 step counter per tensor, on the parameter's
-    device only for the fused and capturable kernels (CPU runs), else on the host where it is noise."""
+    """Every rank holds everything."""
     b, total = shape.element_bytes, shape.parameters
-    steps = 4 * len(shape.numels) if target == "cpu" else 0
-    return RankStates(params=b * total + shape.buffer_bytes, grads=b * total, optimizer=2 * b * total + steps)
-
-
-def adamw_steps(partitions: int, target: str) -> int:
-    """torch's AdamW keeps a float32 step count per master partition: on the device only on CPU (see `ddp`)."""
-    return 4 * partitions if target == "cpu" else 0
+    return RankStates(params=b * total + shape.buffer_bytes, grads=b * total,
+                      optimizer=2 * b * total + adamw_steps(len(shape.numels), target))
 
 
 # The float32 temporaries torch's AdamW allocates at once over the tensors it steps together: the for-loop's
@@ -182,7 +182,7 @@ def zero2(shape: ModelShape, ranks: int, target: str) -> RankStates:
 def zero3(shape: ModelShape, ranks: int, target: str) -> RankStates:
     b = shape.element_bytes
     zero = zero_settings("zero3", shape.hidden, shape.dtype)
-    partitions = [math.ceil(n / ranks) for n in shape.numels]
+    partitions = zero3_partitions(shape, ranks)
     part = sum(partitions)
     groups = sub_groups(partitions, int(zero.get("sub_group_size", SUB_GROUP_SIZE)))
     # the partitions, grad_partitions_flat_buffer and the ipg bucket, fp32_partitioned_groups_flat and the moments
@@ -208,7 +208,7 @@ def zero2_offload(shape: ModelShape, ranks: int, target: str) -> RankStates:
 def zero3_offload(shape: ModelShape, ranks: int, target: str) -> RankStates:
     b = shape.element_bytes
     zero = zero_settings("zero3-offload", shape.hidden, shape.dtype)
-    part = zero3_partition(shape, ranks)
+    part = sum(zero3_partitions(shape, ranks))
     host_params = b * part  # the offloaded parameter partitions
     host_grads = (4 + b) * part  # the fp32 partition's grad, grad_partitions_flat_buffer
     host_optimizer = 12 * part  # fp32_partitioned_groups_flat and Adam's exp_avg, exp_avg_sq

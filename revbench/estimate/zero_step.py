@@ -97,6 +97,7 @@ class ZeroStep:
         self.parameters = sum(p.numel() for p in self.model.parameters())
         zero = zero_config(states, self.model)["zero_optimization"]
         params = ParamLayout.of(self.model)
+        self.dtype = params.dtype  # the model's (low-precision) dtype
         self.layout: ZeroLayout = zero_layout(states.stage, self.offload, params, zero)
         partition = (flat_elements(params), params.dtype) if self.stage == 2 and not self.offload else None
         self.buckets = GradBuckets(states.stage, int(zero["reduce_bucket_size"]), self.offload, partition)
@@ -118,7 +119,7 @@ class ZeroStep:
         assert self.optimizer is not None
         groups = self.optimizer.param_groups
         for group, master in zip(groups, self.masters, strict=True):
-            flat = torch.empty(master.numel(), dtype=self.layout_dtype)  # the partition's gradients, flattened
+            flat = torch.empty(master.numel(), dtype=self.dtype)  # the partition's gradients, flattened
             master.grad = flat.to(torch.float32)
             del flat
             if self.stage < 3:  # the model's gradients (ZeRO-2: views of grads_in_partition) are dropped
@@ -131,10 +132,6 @@ class ZeroStep:
             finally:
                 self.optimizer.param_groups = groups
             master.grad = None
-
-    @property
-    def layout_dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
 
     def _step(self, batch: int, seq: int) -> None:
         tokens = torch.zeros((batch, seq), dtype=torch.long)  # the harness holds its batch through the step
