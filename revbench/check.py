@@ -123,7 +123,7 @@ def run_key(record: RunRecord) -> tuple[str, ...]:
             # A workload field left at None (e.g. `tokenizer`, added later) matches records written before it existed.
             json.dumps({k: v for k, v in (config.get("workload") or {}).items() if v is not None}, sort_keys=True),
             str(config.get("repeat", 0)), str(config.get("gpus", 1)), str(config.get("memory_budget_bytes")),
-            str(config.get("ranks", 1)))
+            str(config.get("ranks", 1)), str(config.get("nodes", 1)))
 
 
 def run_label(record: RunRecord) -> str:
@@ -132,6 +132,8 @@ def run_label(record: RunRecord) -> str:
     label = f"{record.suite} · {model} · {method} · {workload}"
     if record.config.get("ranks", 1) > 1:
         label += f" · {record.config['ranks']} ranks"
+    if record.config.get("nodes", 1) > 1:
+        label += f" · {record.config['nodes']} nodes"
     if record.config.get("memory_budget_bytes"):
         label += f" · budget {record.config['memory_budget_bytes'] / 2**20:,.0f} MiB"
     repeat = record.config.get("repeat", 0)

@@ -41,6 +41,24 @@ def test_partitioned_states_halve_and_replicated_ones_do_not() -> None:
         rank_states("adamw", shape, 2)
 
 
+def test_the_states_shard_the_model_the_activation_technique_trains() -> None:
+    """RevFFN's stream adapters are parameters too: ZeRO and DDP shard and replicate them with the rest."""
+    from revbench.data import Workload
+    from revbench.estimate.scale_out import RankPeaks
+    from revbench.methods.composition import Composition
+    from revbench.spec import TrainSpec
+
+    peaks = RankPeaks(TrainSpec(model=ModelSpec(layers=2), workload=Workload(batch=1, seq=16)), "cpu")
+    plain = peaks.trained_shape(Composition("store", "zero2", "full"))
+    revffn = peaks.trained_shape(Composition("revffn", "zero2", "full"))
+    assert plain.parameters == peaks.shape.parameters == 2_133_376
+    assert revffn.parameters == 2_198_656  # 65,280 adapter parameters over the 2 layers
+    revexact = peaks.trained_shape(Composition("revexact", "zero2", "full"))
+    assert sorted(revexact.numels) == sorted(plain.numels)  # the unchanged layers
+    two = rank_states("zero2", revffn, 2, "cpu")
+    assert two.optimizer == 6 * revffn.parameters + 4  # float32 masters, momentum and variance, halved, + step
+
+
 def test_smallest_ranks_is_the_first_n_under_the_budget() -> None:
     assert smallest_ranks(lambda n: 1000 // n <= 90) == 11  # 1000 // 10 = 100 does not fit, 1000 // 11 = 90 does
     assert smallest_ranks(lambda n: 1000 // n <= 1000) == 1

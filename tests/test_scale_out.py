@@ -1,22 +1,27 @@
 """Scale-out without launching ranks: the global batch split, the refusals made before any worker starts, the
-torchrun command line, and the merge of the ranks' outcomes into one record."""
+torchrun command line (one node, or several through the c10d rendezvous), and the merge of the ranks' outcomes
+into one record."""
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
 import pytest
 import torch
 
+from revbench.commands.args import endpoint
 from revbench.data import Workload
 from revbench.models import ModelSpec
 from revbench.orchestrator import Suite, SuiteError, plan_run
 from revbench.orchestrator.launch import worker_command, worker_env
 from revbench.orchestrator.merge import failure, merge_outcomes, torchrun_exits
+from revbench.orchestrator.outcomes import rank_result
 from revbench.orchestrator.plan import world_size
-from revbench.orchestrator.worker import rank_result
+from revbench.orchestrator.runner import Sweep
 from revbench.ranks import rank_batch
+from revbench.records import run_id
 
 
 def suite(method: str, ranks: int = 2, batch: int = 2, **fields) -> Suite:
@@ -41,7 +46,7 @@ def test_sharding_methods_plan_on_two_ranks_through_torchrun(method: str, tmp_pa
     assert world_size(run.config) == 2 and run.config["ranks"] == 2
     assert "2 ranks" in run.point
     command = worker_command(run, tmp_path / "spec", tmp_path / "result.json", tmp_path / "progress")
-    assert command[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    assert command[1:5] == ["-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone"]
     env = worker_env(run)
     assert env["DS_ACCELERATOR"] == "cpu" and "OMP_NUM_THREADS" in env
     assert env.get("WORLD_SIZE") == os.environ.get("WORLD_SIZE")  # torchrun sets the rendezvous, not the parent
@@ -102,7 +107,47 @@ def test_ranks_merge_into_one_record_with_per_rank_max_and_sum() -> None:
     assert ranks["max"]["tensor_bytes"] == {"params": 60, "grads": 60, "total": 120}
     assert ranks["sum"]["tensor_bytes"]["total"] == 220 and ranks["sum"]["host"]["peak_rss_bytes"] == 2000
     assert [r["memory"]["tensor_bytes"]["total"] for r in ranks["per_rank"]] == [100, 120]
+    assert [(r["node"], r["host"]) for r in ranks["per_rank"]] == [(0, None), (0, None)]  # outcomes without a node
     assert merged["method_stats"] == {"zero_stage": 3, "ranks": 2}
+
+
+def test_runs_over_nodes_meet_at_the_rendezvous_under_their_run_id(tmp_path: Path) -> None:
+    run = plan_run(suite("store+adamw-ddp+full", ranks=2, nodes=2, batch=4), "store+adamw-ddp+full")
+    assert world_size(run.config) == 4 and run.config["nodes"] == 2
+    assert "2 nodes × 2 ranks" in run.point
+    command = worker_command(run, tmp_path / "spec", tmp_path / "result.json", tmp_path / "progress",
+                             "10.0.0.1:29400")
+    assert command[1:8] == ["-m", "torch.distributed.run", "--nproc-per-node=2", "--nnodes=2", "--rdzv-backend=c10d",
+                            "--rdzv-endpoint=10.0.0.1:29400", f"--rdzv-id={run.run_id}"]
+    assert "--standalone" not in command
+    with pytest.raises(ValueError, match="spans 2 nodes and needs a rendezvous endpoint"):
+        worker_command(run, tmp_path / "spec", tmp_path / "result.json", tmp_path / "progress")
+    # The global batch splits over every rank of every node.
+    with pytest.raises(SuiteError, match="must split evenly over 4 ranks"):
+        plan_run(suite("store+adamw-ddp+full", ranks=2, nodes=2, batch=2), "store+adamw-ddp+full")
+
+
+def test_one_node_keeps_the_run_ids_it_had_before_nodes() -> None:
+    run = plan_run(suite("zero2-offload"), "zero2-offload")
+    assert run.config["nodes"] == 1
+    before = {k: v for k, v in run.config.items() if k not in ("nodes", "timeout_s")}
+    assert run.run_id == run_id(run.suite, run.method, before, 0)
+
+
+def test_a_sweep_over_nodes_needs_a_rendezvous_and_one_node_refuses_it(tmp_path: Path) -> None:
+    with pytest.raises(SuiteError, match="spans nodes=2: start the same command on every node with --rdzv-endpoint"):
+        Sweep(suite("store+adamw-ddp+full", ranks=1, nodes=2), tmp_path)
+    with pytest.raises(SuiteError, match="--rdzv-endpoint joins runs over several nodes, but suite 's' has nodes=1"):
+        Sweep(suite("store+adamw-ddp+full"), tmp_path, rendezvous="127.0.0.1:29400")
+    with pytest.raises(ValueError, match="nodes: must be >= 1, got 0"):
+        suite("store+adamw-ddp+full", nodes=0)
+
+
+@pytest.mark.parametrize("text", ["10.0.0.1", "10.0.0.1:", ":29400", "host:0", "host:65536", "host:port", "[]:29400"])
+def test_a_rendezvous_endpoint_must_be_host_and_port(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="expected HOST:PORT with a port in 1-65535"):
+        endpoint(text)
+    assert endpoint("node-0.cluster:29400") == "node-0.cluster:29400" and endpoint("[::1]:29400") == "[::1]:29400"
 
 
 TORCHRUN_LOG = """torch.distributed.elastic.multiprocessing.errors.ChildFailedError:

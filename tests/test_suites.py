@@ -130,7 +130,7 @@ def test_devices_that_are_not_here_are_refused() -> None:
 def test_several_gpus_launch_through_torchrun(tmp_path: Path) -> None:
     config = {**plan_run(Suite(name="t"), "standard").config, "gpus": 4, "device": "cuda"}
     command = worker_command(PlannedRun("t", "standard", config), tmp_path / "s", tmp_path / "r", tmp_path / "p")
-    assert command[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4"]
+    assert command[1:5] == ["-m", "torch.distributed.run", "--nproc-per-node=4", "--standalone"]
     assert "revbench.orchestrator.worker" in command
 
 

@@ -60,3 +60,12 @@ def option(text: str) -> tuple[str, object]:
         return key.strip(), yaml.safe_load(value)
     except yaml.YAMLError:
         raise argparse.ArgumentTypeError(f"the value of {key.strip()!r} is not a YAML scalar: {value!r}") from None
+
+
+def endpoint(text: str) -> str:
+    """A rendezvous endpoint HOST:PORT (an IPv6 host in brackets), as torchrun's --rdzv-endpoint takes it."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT with a port in 1-65535 (e.g. 10.0.0.1:29400), "
+                                         f"got {text!r}")
+    return text

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from revbench.commands import FAILED, INTERRUPTED, OK
-from revbench.commands.args import comma_list, directory
+from revbench.commands.args import comma_list, directory, endpoint
 from revbench.records import STATUSES
 
 if TYPE_CHECKING:
@@ -40,6 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-report", action="store_true", help="only run; `revbench report DIR` renders later")
     parser.add_argument("--retry", type=comma_list, default=[], metavar="STATUS,...",
                         help=f"also re-run recorded runs with these statuses ({', '.join(STATUSES[1:])})")
+    parser.add_argument("--rdzv-endpoint", type=endpoint, default=None, metavar="HOST:PORT",
+                        help="with nodes > 1 (--set nodes=N): where every node's torchrun meets the others; start "
+                        "the same command on each node, HOST being the first node's address")
     parser.add_argument("--strict", action="store_true",
                         help="exit 1 when any run ends other than ok (a budget search's OOM probes excepted)")
     parser.set_defaults(handler=handle)
@@ -86,7 +89,7 @@ def handle(args: argparse.Namespace) -> int:
     out = args.out or Path("results") / suite.name
     report_dir = args.report_dir or (out / "report" if args.out else default_report_dir(suite.name))
     console = Console()
-    sweep = Sweep(suite, out, retry=tuple(args.retry), console=console)
+    sweep = Sweep(suite, out, retry=tuple(args.retry), console=console, rendezvous=args.rdzv_endpoint)
     changed = bool(args.overrides or args.methods or args.device)
     console.print(header(suite, sweep.runs, changed), soft_wrap=True, highlight=False)
     try:

@@ -65,8 +65,16 @@ class RankPeaks:
     def __init__(self, spec: TrainSpec, target: str, ranks_per_node: int = 8) -> None:
         self.spec, self.target, self.ranks_per_node = spec, target, ranks_per_node
         self.shape = ModelShape.of(spec.model, target)
+        self.shapes: dict[str, ModelShape] = {}  # by activation technique: the model each one trains
         self.transients = Sessions(spec, target)
         self.traced: dict[int, Sessions] = {}
+
+    def trained_shape(self, composition: Composition) -> ModelShape:
+        """The shape of the model the composition trains, whose parameters the states shard."""
+        if composition.activations not in self.shapes:
+            activations = techniques(composition, self.spec)[0]
+            self.shapes[composition.activations] = ModelShape.of(self.spec.model, self.target, activations.prepare)
+        return self.shapes[composition.activations]
 
     def transient(self, activations: str, batch: int) -> Estimate:
         return self.transients.estimate(f"{activations}+adamw-in-backward+full", batch, self.spec.workload.seq)
@@ -89,7 +97,7 @@ class RankPeaks:
         estimate = self.estimate(composition, ranks, batch)
         if composition.states in FAKE_WORLD_STATES:
             return traced_peak(estimate, ranks, batch, self.ranks_per_node)
-        states = rank_states(composition.states, self.shape, ranks, self.target)
+        states = rank_states(composition.states, self.trained_shape(composition), ranks, self.target)
         transient = estimate.tensor_bytes.activations if estimate.tensor_bytes else None
         return RankPeak(composition.name, ranks, batch, states, transient, self.ranks_per_node)
 

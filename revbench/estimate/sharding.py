@@ -39,6 +39,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
+from torch import nn
 
 from revbench.estimate.zero_layout import SUB_GROUP_SIZE, sub_groups
 from revbench.models import ModelSpec
@@ -65,11 +66,13 @@ class ModelShape:
         return sum(self.numels)
 
     @classmethod
-    def of(cls, spec: ModelSpec, target: str) -> ModelShape:
-        """The shapes of `spec` built on the meta device: no memory, seconds even for 46.7B parameters."""
+    def of(cls, spec: ModelSpec, target: str, prepare: Callable[[nn.Module], nn.Module] | None = None) -> ModelShape:
+        """The shapes of `spec` built on the meta device (no memory, seconds even for 46.7B parameters), as
+        `prepare` turns it into the model that trains (an activation technique: RevFFN adds its adapters)."""
         dtype = parse_dtype(spec.dtype, target)
         model = build_model(ModelSpec(**{**spec.to_dict(), "dtype": str(dtype).removeprefix("torch.")}),
                             device="meta")
+        model = prepare(model) if prepare else model
         layers = model.model.layers
         return cls(numels=tuple(p.numel() for p in model.parameters()),
                    layer_numels=tuple(sum(p.numel() for p in layer.parameters()) for layer in layers),

@@ -24,7 +24,10 @@ class TensorBytes:
     part of each model-state category lives in host memory (CPU offload); the rest, `device`, is what the
     accelerator holds. `phase` is the step phase in which the peak fell (forward, backward or optimizer).
     `host_activations` is apart from all of them: what an activation offload holds in host memory at its own peak
-    (the end of forward, while the device's comes in backward), so the peak is the device's and the states'."""
+    (the end of forward, while the device's comes in backward), so the peak is the device's and the states'.
+    `collectives` is part of the temporaries: what the process group's own buffers add to the peak (gloo copies what
+    it reduces or gathers; NCCL's in-place collectives allocate nothing), so `total - collectives` is the peak with
+    in-place collectives, the figure a layout model of a GPU run compares with."""
 
     params: int
     grads: int
@@ -37,6 +40,7 @@ class TensorBytes:
     host_optimizer: int = 0
     phase: str | None = None
     host_activations: int = 0
+    collectives: int = 0
 
     @property
     def total(self) -> int:

@@ -37,6 +37,16 @@ from revbench.measure.residency import HOST_RANGE
 from revbench.measure.timeline import HOST_ACTIVATIONS, sweep
 
 AllocationEvent = tuple[int, int, int]  # (pointer, bytes allocated or -bytes freed, time in ns)
+# The ops inside which a process group allocates its own buffers (c10d's ops, gloo's and NCCL's own ranges).
+COLLECTIVE_OPS = ("c10d::", "gloo:", "nccl:")
+
+
+def in_collective(node: Any) -> bool:
+    """Whether an allocation event happened inside a collective op (its buffer is the backend's, not the step's)."""
+    while (node := node.parent) is not None:
+        if node.tag == _EventType.TorchOp and node.name.startswith(COLLECTIVE_OPS):
+            return True
+    return False
 
 
 def profile_events(prof: profile) -> tuple[list[Any], PhaseRanges, PhaseRanges]:
@@ -111,12 +121,18 @@ def split_residency(events: list[tuple[str, int, int, int]], device_type: str, h
 
 def _host_part(events: list[AllocationEvent], host: PhaseRanges) -> tuple[list[AllocationEvent], list[AllocationEvent]]:
     """(the rest, the allocations inside host ranges and their frees)."""
+    return split_allocations(events, lambda ptr, time_ns: host.covers(time_ns))
+
+
+def split_allocations(events: list[AllocationEvent], taken: Callable[[int, int], bool]
+                      ) -> tuple[list[AllocationEvent], list[AllocationEvent]]:
+    """(the rest, the allocations `taken(ptr, time_ns)` picks and their frees)."""
     rest: list[AllocationEvent] = []
     on_host: list[AllocationEvent] = []
     owned: set[int] = set()
     for event in events:
         ptr, size, time_ns = event
-        if size > 0 and host.covers(time_ns):
+        if size > 0 and taken(ptr, time_ns):
             owned.add(ptr)
             on_host.append(event)
         elif size < 0 and ptr in owned:
@@ -155,6 +171,8 @@ class ProfiledStep:
     missed_frees: int = 0  # frees the profiler did not report, put back by `with_missed_frees`
     # activations offloaded to host memory (residency.py)
     host_events: list[AllocationEvent] = field(default_factory=list)
+    # (pointer, time) of the allocations a process group made inside its collectives
+    collective_allocations: set[tuple[int, int]] = field(default_factory=set)
 
     @classmethod
     def run(cls, fn: Callable[[], Any], state_tensors: Callable[[], StateTensors], device: torch.device | str
@@ -175,7 +193,16 @@ class ProfiledStep:
         events, host_events, missed = split_residency(
             [(e.extra_fields.device.type, e.extra_fields.ptr, e.extra_fields.alloc_size, e.start_time_ns)
              for e in found], device_type, host_ranges)
-        return cls(result, device_type, events, phases, before, after, host, missed, host_events)
+        collective = {(e.extra_fields.ptr, e.start_time_ns) for e in found
+                      if e.extra_fields.alloc_size > 0 and in_collective(e)}
+        return cls(result, device_type, events, phases, before, after, host, missed, host_events, collective)
+
+    def collective_bytes(self) -> int:
+        """What the collectives' own buffers add to the step's peak: the peak with them less the peak without."""
+        if not self.collective_allocations:
+            return 0
+        rest, _ = split_allocations(self.events, lambda ptr, time_ns: (ptr, time_ns) in self.collective_allocations)
+        return running_peak(self.events) - running_peak(rest)
 
     def _phase(self, index: int) -> str | None:
         return self.phases.at(self.events[index][2])
@@ -238,7 +265,7 @@ class ProfiledStep:
                 on_host[category] += size
         phase = self._phase(peak_index) if peak_index is not None else None
         return TensorBytes(**by_category, **host_fields(on_host), phase=phase, method="profiler",
-                           host_activations=running_peak(self.host_events))
+                           host_activations=running_peak(self.host_events), collectives=self.collective_bytes())
 
     def timeline(self) -> pd.DataFrame:
         live, _, _ = self._replay

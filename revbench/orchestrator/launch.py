@@ -18,8 +18,8 @@ from typing import Any
 
 from revbench.orchestrator.lock import TMP_DIR
 from revbench.orchestrator.merge import describe_exit, failure, merge_outcomes, torchrun_exits
-from revbench.orchestrator.plan import PlannedRun, world_size
-from revbench.orchestrator.worker import rank_result
+from revbench.orchestrator.outcomes import rank_result
+from revbench.orchestrator.plan import PlannedRun, nodes, ranks_per_node, world_size
 from revbench.records import RunRecord
 
 OnProgress = Callable[[str, int, int], None]  # (phase, step, total)
@@ -34,15 +34,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def worker_command(run: PlannedRun, spec: Path, result: Path, progress: Path) -> list[str]:
+def worker_command(run: PlannedRun, spec: Path, result: Path, progress: Path,
+                   rendezvous: str | None = None) -> list[str]:
     """The worker's command line; several ranks (GPUs, or CPU processes) go through torchrun, which starts one
-    worker per rank on this node and stops them all when one fails."""
+    worker per rank on this node and stops them all when one fails. Over several nodes, every node's torchrun
+    meets the others at `rendezvous` (HOST:PORT) under the run's id, so each run of a sweep is its own job."""
     args = ["-m", "revbench.orchestrator.worker", "--spec", str(spec), "--result", str(result),
             "--progress", str(progress), "--parent-pid", str(os.getpid())]
-    ranks = world_size(run.config)
-    if ranks > 1:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}", *args]
-    return [sys.executable, *args]
+    if world_size(run.config) == 1:
+        return [sys.executable, *args]
+    launch = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={ranks_per_node(run.config)}"]
+    if nodes(run.config) == 1:
+        return [*launch, "--standalone", *args]
+    if rendezvous is None:
+        raise ValueError(f"run {run.run_id} spans {nodes(run.config)} nodes and needs a rendezvous endpoint")
+    return [*launch, f"--nnodes={nodes(run.config)}", "--rdzv-backend=c10d", f"--rdzv-endpoint={rendezvous}",
+            f"--rdzv-id={run.run_id}", "--max-restarts=0", *args]
 
 
 def worker_env(run: PlannedRun) -> dict[str, str]:
@@ -52,8 +59,8 @@ def worker_env(run: PlannedRun) -> dict[str, str]:
     if world_size(run.config) == 1:
         # A single-process DeepSpeed run needs a rendezvous of one, or it goes looking for MPI.
         env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-    else:
-        env.setdefault("OMP_NUM_THREADS", "1")  # N ranks share the cores; torchrun would set it too, with a warning
+    else:  # the node's ranks share its cores (torchrun would set 1, with a warning)
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // ranks_per_node(run.config))))
     return env
 
 
@@ -65,7 +72,8 @@ def read_outcome(run: PlannedRun, result: Path, log_path: Path) -> dict[str, Any
     files = [rank_result(result, rank, ranks) for rank in range(ranks)]
     outcomes = [json.loads(f.read_text()) if f.is_file() else None for f in files]
     workload = run.config["workload"]
-    return merge_outcomes(outcomes, rank_exits(log_path), workload["batch"], workload["batch"] * workload["seq"])
+    return merge_outcomes(outcomes, rank_exits(log_path), workload["batch"], workload["batch"] * workload["seq"],
+                          nodes(run.config))
 
 
 def rank_exits(log_path: Path) -> dict[int, int]:
@@ -132,9 +140,10 @@ class ProgressReader:
         return f"at step {self.last['step']}/{self.last['total']}"
 
 
-def execute(run: PlannedRun, out_dir: Path, env: dict[str, Any], on_progress: OnProgress | None = None) -> RunRecord:
+def execute(run: PlannedRun, out_dir: Path, env: dict[str, Any], on_progress: OnProgress | None = None,
+            rendezvous: str | None = None) -> RunRecord:
     """Run `run` in a child process with its timeout; always returns a record. `env` is the parent's stamp,
-    used when the worker died before writing its own."""
+    used when the worker died before writing its own; `rendezvous` (HOST:PORT) joins a run over several nodes."""
     log_path = out_dir / LOG_DIR / f"{run.run_id}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     timeout_s = run.config["timeout_s"]
@@ -146,7 +155,7 @@ def execute(run: PlannedRun, out_dir: Path, env: dict[str, Any], on_progress: On
         spec.write_text(json.dumps({"method": run.method, "config": run.config}))
         reader = ProgressReader(progress, on_progress)
         with log_path.open("wb") as log:
-            proc = subprocess.Popen(worker_command(run, spec, result, progress), stdout=log,
+            proc = subprocess.Popen(worker_command(run, spec, result, progress, rendezvous), stdout=log,
                                     stderr=subprocess.STDOUT, env=worker_env(run), start_new_session=True)
             timed_out = False
             try:
@@ -182,6 +191,6 @@ def execute(run: PlannedRun, out_dir: Path, env: dict[str, Any], on_progress: On
         record.error = (f"{'torchrun' if ranks > 1 else 'the worker'} {describe_exit(proc.returncode)} "
                         f"{reader.where()}, without a result")
         if ranks > 1:
-            record.error += f"; {failure([None] * ranks, rank_exits(log_path))[1]}"
+            record.error += f"; {failure([None] * ranks, rank_exits(log_path), nodes(run.config))[1]}"
         record.error += f"; its log ends: {tail}" if tail else ""
     return record

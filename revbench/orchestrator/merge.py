@@ -4,7 +4,8 @@
   the global batch, so their mean is the loss of the global batch, as one process would compute it.
 - `metrics`: step times are the slowest rank's, step by step (ranks move in lockstep through their collectives),
   so throughput counts the samples of all ranks per step. `memory` is the rank with the highest peak tensor
-  bytes; `ranks` holds every rank's figures, and their per-rank maximum and sum, field by field.
+  bytes; `ranks` holds every rank's figures (with its node and host), and their per-rank maximum and sum, field
+  by field.
 - a rank that failed or left nothing: the run takes the most telling failure (an OOM or a divergence before an
   error that is only the echo of a peer's death), and the error names every rank and why, with the exit of each
   rank that left no outcome as torchrun reported it.
@@ -68,8 +69,9 @@ def merge_metrics(metrics: list[dict[str, Any]], samples_per_step: int, tokens_p
     }
 
 
-def failure(outcomes: list[dict[str, Any] | None], exits: dict[int, int]) -> tuple[str, str]:
-    """The run's status and an error naming every rank that failed or left no outcome, and why."""
+def failure(outcomes: list[dict[str, Any] | None], exits: dict[int, int], nodes: int = 1) -> tuple[str, str]:
+    """The run's status and an error naming every rank that failed or left no outcome, and why (`exits` are
+    this node's: a rank on another node that left nothing is named as such)."""
     failed = {rank: o for rank, o in enumerate(outcomes) if o is not None and o["status"] != "ok"}
     missing = [rank for rank, o in enumerate(outcomes) if o is None]
     statuses = [o["status"] for o in failed.values()] or ["error"]
@@ -82,6 +84,9 @@ def failure(outcomes: list[dict[str, Any] | None], exits: dict[int, int]) -> tup
             why = "was stopped by torchrun (SIGTERM) when another rank failed"
         elif rank in exits:
             why = describe_exit(exits[rank])
+        elif nodes > 1:
+            why = ("ran on another node and reported nothing to this one (that node's record says why), or was "
+                   "stopped by torchrun when another rank failed, or never started")
         else:
             why = "was stopped by torchrun when another rank failed, or never started"
         parts.append(f"rank {rank} left no result: it {why}")
@@ -89,7 +94,7 @@ def failure(outcomes: list[dict[str, Any] | None], exits: dict[int, int]) -> tup
 
 
 def merge_outcomes(outcomes: list[dict[str, Any] | None], exits: dict[int, int], samples_per_step: int,
-                   tokens_per_step: int) -> dict[str, Any] | None:
+                   tokens_per_step: int, nodes: int = 1) -> dict[str, Any] | None:
     """The run's outcome from its ranks' (None for a rank that wrote none); None when no rank wrote one."""
     present = [o for o in outcomes if o is not None]
     if not present:
@@ -101,6 +106,8 @@ def merge_outcomes(outcomes: list[dict[str, Any] | None], exits: dict[int, int],
               "method_stats": {**lead["method_stats"], "ranks": len(outcomes)}, "metrics": {}}
     if len(present) == len(outcomes) and all(o["status"] == "ok" for o in present):
         merged["metrics"] = merge_metrics([o["metrics"] for o in present], samples_per_step, tokens_per_step)
+        for entry, outcome in zip(merged["metrics"]["ranks"]["per_rank"], present, strict=True):
+            entry.update(node=outcome.get("node", 0), host=outcome.get("host"))  # outcomes from before nodes: one
     else:
-        merged["status"], merged["error"] = failure(outcomes, exits)
+        merged["status"], merged["error"] = failure(outcomes, exits, nodes)
     return merged

@@ -1,7 +1,7 @@
 """From a suite to runs: expand the grid, resolve every default (device, dtype, preset sizes), name each run.
 
 A run's `config` is what its record carries: the full TrainSpec with nothing left to "auto" or to a
-preset's default, plus the step counts, repeat, memory budget, GPU count and timeout.
+preset's default, plus the step counts, repeat, memory budget, rank and node counts and timeout.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ class PlannedRun:
     @property
     def run_id(self) -> str:
         identity = {k: v for k, v in self.config.items() if k not in _NOT_IDENTITY}
+        if identity.get("nodes") == 1:  # one node's runs keep the ids they had before runs spanned nodes
+            del identity["nodes"]
         return run_id(self.suite, self.method, identity, self.config["repeat"])
 
     @property
@@ -42,7 +44,10 @@ class PlannedRun:
         """What the run measures apart from the method and repeat: model, depth, batch × seq, budget."""
         model, workload = self.config["model"], self.config["workload"]
         text = f"{model['preset']} L{model['layers']} · {workload['batch']}×{workload['seq']}"
-        if world_size(self.config) > 1:
+        if nodes(self.config) > 1:
+            per_node = ranks_per_node(self.config)
+            text += f" · {nodes(self.config)} nodes × {per_node} rank{'s' if per_node > 1 else ''}"
+        elif world_size(self.config) > 1:
             text += f" · {world_size(self.config)} ranks"
         if self.config["memory_budget_bytes"] is not None:
             text += f" · budget {format_bytes(self.config['memory_budget_bytes'])}"
@@ -75,9 +80,18 @@ def resolve_device(device: str, gpus: int = 1, ranks: int = 1) -> str:
     return device
 
 
-def world_size(config: dict[str, Any]) -> int:
-    """How many ranks a run's config asks for (records from before CPU ranks have no `ranks`)."""
+def ranks_per_node(config: dict[str, Any]) -> int:
+    """How many ranks a run's config starts on each node (records from before CPU ranks have no `ranks`)."""
     return config.get("ranks", 1) if torch.device(config["device"]).type == "cpu" else config["gpus"]
+
+
+def nodes(config: dict[str, Any]) -> int:
+    return config.get("nodes", 1)
+
+
+def world_size(config: dict[str, Any]) -> int:
+    """How many ranks a run has over all its nodes."""
+    return ranks_per_node(config) * nodes(config)
 
 
 def grid_points(suite: Suite) -> list[Suite]:
@@ -109,8 +123,8 @@ def plan_run(point: Suite, method: str, repeat: int = 0, search_key: str | None 
         overrides = Overrides(point.activations, point.states, point.loss, point.options)
         spec = TrainSpec(model=point.model, workload=point.workload, optimizer=point.optimizer, seed=point.seed,
                          device=device)
-        resolved = resolve_method(method, spec, overrides,
-                                  point.ranks if torch.device(device).type == "cpu" else point.gpus)
+        per_node = point.ranks if torch.device(device).type == "cpu" else point.gpus
+        resolved = resolve_method(method, spec, overrides, per_node * point.nodes)
     except ValueError as exc:  # a FieldError of the device or rank count, or a refusal of the composition
         raise SuiteError(f"suite {point.name!r}: {exc}") from None
     config = {
@@ -121,6 +135,7 @@ def plan_run(point: Suite, method: str, repeat: int = 0, search_key: str | None 
         "repeat": repeat,
         "gpus": point.gpus,
         "ranks": point.ranks,
+        "nodes": point.nodes,
         "memory_budget_bytes": point.memory_budget,
         "search_key": search_key,
         "timeout_s": point.timeout_s,

@@ -17,7 +17,7 @@ from revbench.orchestrator.lock import SweepLock, describe
 from revbench.orchestrator.plan import PlannedRun, check_options, grid_points, grid_runs, plan_run, with_value
 from revbench.orchestrator.progress import SweepProgress
 from revbench.orchestrator.search import largest_fitting
-from revbench.orchestrator.suite import Search, Suite
+from revbench.orchestrator.suite import Search, Suite, SuiteError
 from revbench.records import RESULTS_FILE, RunRecord, append_record, read_records
 from revbench.units import format_bytes
 
@@ -30,9 +30,12 @@ def latest_records(out_dir: Path) -> dict[str, RunRecord]:
 
 
 class Sweep:
-    def __init__(self, suite: Suite, out_dir: Path, retry: tuple[str, ...] = (), console: Console | None = None):
+    def __init__(self, suite: Suite, out_dir: Path, retry: tuple[str, ...] = (), console: Console | None = None,
+                 rendezvous: str | None = None):
         check_options(suite)
+        check_rendezvous(suite, rendezvous)
         self.suite = suite
+        self.rendezvous = rendezvous
         self.out_dir = Path(out_dir)
         self.retry = retry
         self.console = console or Console()
@@ -57,7 +60,7 @@ class Sweep:
             if record.status != "ok" and not (record.status == "oom" and run.config["search_key"]):
                 self.reused[record.status] += 1  # a budget probe's OOM is its answer, not a failure
             return record
-        record = execute(run, self.out_dir, self.env, progress.start_run(run))
+        record = execute(run, self.out_dir, self.env, progress.start_run(run), self.rendezvous)
         append_record(self.out_dir, record)
         self.records[run.run_id] = record
         self.ran += 1
@@ -120,7 +123,19 @@ class Sweep:
         return probes
 
 
-def run_suite(suite: Suite, out_dir: Path, retry: tuple[str, ...] = (), console: Console | None = None
-              ) -> list[RunRecord]:
-    """Run (or resume) a suite into `out_dir`; returns the record of every run in the suite."""
-    return Sweep(suite, out_dir, retry, console).run()
+def check_rendezvous(suite: Suite, rendezvous: str | None) -> None:
+    """A suite over several nodes needs the endpoint where their torchruns meet; one node needs none."""
+    if suite.nodes > 1 and rendezvous is None:
+        raise SuiteError(f"suite {suite.name!r} spans nodes={suite.nodes}: start the same command on every node with "
+                         f"--rdzv-endpoint HOST:PORT (HOST: the first node's address, PORT: a free port there, e.g. "
+                         f"29400)")
+    if suite.nodes == 1 and rendezvous is not None:
+        raise SuiteError(f"--rdzv-endpoint joins runs over several nodes, but suite {suite.name!r} has nodes=1 "
+                         f"(set --set nodes=N, or leave --rdzv-endpoint out)")
+
+
+def run_suite(suite: Suite, out_dir: Path, retry: tuple[str, ...] = (), console: Console | None = None,
+              rendezvous: str | None = None) -> list[RunRecord]:
+    """Run (or resume) a suite into `out_dir`; returns the record of every run in the suite. Over several
+    nodes, every node runs the same suite into its own `out_dir`, and every node's records hold every rank."""
+    return Sweep(suite, out_dir, retry, console, rendezvous).run()

@@ -80,6 +80,9 @@ class Suite:
     # `ranks` on CPU (gloo). workload.batch is the global batch, split evenly over the ranks.
     gpus: int = 1
     ranks: int = 1
+    # Hosts the run spans, `gpus` or `ranks` on each, joined by torchrun's c10d rendezvous: `revbench run` starts on
+    # every node with the same suite and `--rdzv-endpoint HOST:PORT` (HOST: the first node's address).
+    nodes: int = 1
     timeout_s: float = 900.0  # per run; DeepSpeed JIT-compiles its ops on first use (~80 s on 2 cores)
     # A cap on peak tensor bytes (e.g. 64MiB); over it a run ends as `oom`. On CUDA it also caps the allocator.
     memory_budget: int | str | None = None
@@ -106,7 +109,7 @@ class Suite:
             if name not in techniques and name not in self.methods and name not in METHODS:
                 raise FieldError(f"options.{name}", f"names no method or technique of this suite; options are keyed "
                                  f"by a method ({', '.join(METHODS)}) or a technique ({', '.join(sorted(techniques))})")
-        for name in ("steps", "warmup", "repeats", "gpus", "ranks"):
+        for name in ("steps", "warmup", "repeats", "gpus", "ranks", "nodes"):
             if getattr(self, name) < 1:
                 raise FieldError(name, f"must be >= 1, got {getattr(self, name)}")
         if self.timeout_s <= 0:

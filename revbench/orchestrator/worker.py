@@ -3,8 +3,10 @@
 It reads one run spec (JSON: method and config), trains and measures through `revbench.harness.run_method`,
 and writes its outcome (status, error, losses, metrics, method stats, env stamp) to R as JSON. Progress goes
 to P as one JSON line per step. Under torchrun every rank runs this, on its slice of the global batch, and
-writes its own outcome (R with `.rankN` before the suffix); rank 0 writes the progress. The parent owns the
-records: it turns the outcome, or the lack of one (a crash, a kill, a timeout), into a record.
+writes its own outcome (R with `.rankN` before the suffix); each node's first rank writes the progress. Over
+several nodes, which share no folder, the ranks also trade outcomes through torchrun's rendezvous store, so every
+node's parent finds every rank's. The parent owns the records: it turns the outcomes, or the lack of them (a crash,
+a kill, a timeout), into a record.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 import threading
 import time
@@ -19,14 +22,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from revbench.orchestrator.outcomes import rank_result, write_json
+
 MAX_ERROR_CHARS = 4000
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Whole or nothing: the parent never reads a half-written outcome."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+PEER_WAIT_AFTER_FAILURE_S = 15.0
 
 
 class ProgressFile:
@@ -110,19 +109,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.parent_pid is not None:
         watch_parent(args.parent_pid)
     rank, ranks = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    progress = ProgressFile(args.progress, enabled=rank == 0)  # under torchrun rank 0 reports progress
+    local_rank, local_ranks = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    where = {"node": int(os.environ.get("GROUP_RANK", "0")), "host": socket.gethostname()}
+    result = rank_result(args.result, rank, ranks)
+    progress = ProgressFile(args.progress, enabled=local_rank == 0)  # each node's first rank reports progress
     progress("prepare", 0, 0)
-    outcome = run(json.loads(args.spec.read_text()), progress)
-    write_json(rank_result(args.result, rank, ranks), outcome)
+    spec = json.loads(args.spec.read_text())
+    watch = None
+    # Over several nodes through torchrun, whose agent's store is up before any rank starts: watch the other ranks.
+    if ranks > local_ranks and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        from revbench.orchestrator.peers import PeerWatch, trade_outcomes
+
+        watch = PeerWatch(args.result, rank, ranks, where)
+        watch.start()
+    outcome = {**run(spec, progress), **where}
+    write_json(result, outcome)
+    if watch is not None:
+        # A rank that failed waits briefly: its peers may be stuck in a collective that will never finish.
+        wait_s = spec["config"]["timeout_s"] if outcome["status"] == "ok" else PEER_WAIT_AFTER_FAILURE_S
+        trade_outcomes(args.result, outcome, rank, ranks, collect=local_rank == 0, wait_s=wait_s, watch=watch)
     # A rank that failed exits non-zero, so that torchrun stops the others rather than leave them waiting in a
     # collective for a rank that will never come.
     return 1 if ranks > 1 and outcome["status"] != "ok" else 0
-
-
-def rank_result(result: Path, rank: int, ranks: int) -> Path:
-    """Where a rank writes its outcome: the result path itself for a single process, else one file per rank,
-    which the parent merges into one record."""
-    return result if ranks == 1 else result.with_name(f"{result.stem}.rank{rank}{result.suffix}")
 
 
 if __name__ == "__main__":

@@ -33,8 +33,8 @@ TOKENS_P10, TOKENS_P90 = "tokens_per_s.p10", "tokens_per_s.p90"
 METRICS = (TENSOR, DEVICE, HOST_STATES, HOST_ACTIVATIONS, *CATEGORY_COLUMNS, *HOST_COLUMNS.values(), ALLOCATED,
            RESERVED, NVML_USED, HOST_RSS, STEP_TIME, SAMPLES, TOKENS, TOKENS_P10, TOKENS_P90)
 # What makes two runs the same measurement point, apart from the method and the repeat.
-POINT = ("preset", "layers", "hidden", "experts", "top_k", "dtype", "device", "gpus", "ranks", "batch", "seq", "data",
-         "steps", "warmup", "memory_budget_bytes")
+POINT = ("preset", "layers", "hidden", "experts", "top_k", "dtype", "device", "gpus", "ranks", "nodes", "batch", "seq",
+         "data", "steps", "warmup", "memory_budget_bytes")
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -65,10 +65,11 @@ def variant(method: str, options: dict[str, Any]) -> str:
 
 def point_label(row: pd.Series) -> str:
     label = f"{row['preset']} L{row['layers']} · {row['batch']}×{row['seq']} · {row['dtype']} · {row['device']}"
-    if row["gpus"] > 1:
-        label += f" ×{row['gpus']} GPUs"
-    if row["ranks"] > 1:
-        label += f" ×{row['ranks']} ranks"
+    count, unit = (row["ranks"], "rank") if row["device"].startswith("cpu") else (row["gpus"], "GPU")
+    if row.get("nodes", 1) > 1:
+        label += f" · {row['nodes']} nodes × {count} {unit}{'s' if count > 1 else ''}"
+    elif count > 1:
+        label += f" ×{count} {unit}s"
     if pd.notna(row["memory_budget_bytes"]):
         label += f" · budget {row['memory_budget_bytes'] / 2**20:,.0f} MiB"
     return label
@@ -84,7 +85,8 @@ def record_row(record: RunRecord) -> dict[str, Any]:
         "error": record.error, "repeat": config.get("repeat", 0),
         "preset": model["preset"], "layers": model["layers"], "hidden": model["hidden"],
         "experts": model["experts"], "top_k": model["top_k"], "dtype": model["dtype"], "device": config["device"],
-        "gpus": config.get("gpus", 1), "ranks": config.get("ranks", 1), "batch": workload["batch"],
+        "gpus": config.get("gpus", 1), "ranks": config.get("ranks", 1),
+        "nodes": config.get("nodes", 1), "batch": workload["batch"],
         "seq": workload["seq"], "data": workload["data"],
         "tokens_per_step": workload["batch"] * workload["seq"], "steps": config.get("steps"),
         "warmup": config.get("warmup"), "memory_budget_bytes": config.get("memory_budget_bytes"),

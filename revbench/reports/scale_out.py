@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 from revbench.reports import plots
 from revbench.reports.context import ReportContext
-from revbench.reports.frame import DEVICE, HOST_STATES, SAMPLES, STEP_TIME
+from revbench.reports.frame import DEVICE, HOST_STATES, SAMPLES, STEP_TIME, point_label
 from revbench.units import format_bytes
 
 FIXED = ("preset", "layers", "dtype", "device", "batch", "seq", "data", "steps", "warmup")
@@ -22,8 +22,8 @@ STATES = ("params", "grads", "optimizer")
 
 
 def world(frame: pd.DataFrame) -> pd.Series:
-    """Ranks per run: CPU ranks, or GPUs on CUDA."""
-    return frame["ranks"].where(frame["device"].str.startswith("cpu"), frame["gpus"])
+    """Ranks per run: CPU ranks, or GPUs on CUDA, on each of its nodes (frames of records from before nodes: one)."""
+    return frame["ranks"].where(frame["device"].str.startswith("cpu"), frame["gpus"]) * frame.get("nodes", 1)
 
 
 def scale_out_frame(frame: pd.DataFrame) -> pd.DataFrame:
@@ -85,3 +85,28 @@ def scale_out(ctx: ReportContext) -> str | None:
             f"samples of every rank per (slowest-rank) step.\n\n{ctx.table(scale_out_table(rows), 'scale_out')}\n")
     return text + ctx.figure(per_rank_peak(rows, ctx.colors), "per_rank_peak_vs_ranks",
                              "per-rank peak memory against ranks")
+
+
+
+def rank_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per rank of every finished multi-rank run: where it ran (node, host) and what it held."""
+    ok = frame[(frame["status"] == "ok") & (world(frame) > 1)] if "ranks.per_rank" in frame else frame.iloc[:0]
+    rows = []
+    for _, run in ok.iterrows():
+        for rank, entry in enumerate(run["ranks.per_rank"]):
+            tensors = entry["memory"]["tensor_bytes"]
+            rows.append({"method": run["variant"], "point": point_label(run), "rank": rank,
+                         "node": entry.get("node", 0), "host": entry.get("host") or "n/a",
+                         "peak device bytes": tensors.get("device", tensors["total"]),
+                         "host states bytes": tensors.get("host", 0), "peak in": tensors["phase"],
+                         "median step s": entry["step_time_s"]["median"]})
+    return pd.DataFrame(rows)
+
+
+def ranks(ctx: ReportContext) -> str | None:
+    table = rank_table(ctx.frame)
+    if table.empty:
+        return None
+    return ("## Every rank of the multi-rank runs\n\nEach record merges its ranks, from every node: this is each "
+            "rank's own peak (device tensor bytes, and the states CPU offload keeps in its node's host memory, in the "
+            f"phase named), with the node and host it ran on.\n\n{ctx.table(table, 'ranks')}\n")

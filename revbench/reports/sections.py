@@ -16,7 +16,7 @@ from revbench.reports.paper import (
     paper_table,
     quality_table,
 )
-from revbench.reports.scale_out import scale_out
+from revbench.reports.scale_out import ranks, scale_out
 from revbench.reports.tables import budget_table, failures_table, markdown, memory_table, results_table
 from revbench.reports.timeline import draw_timelines
 
@@ -138,4 +138,5 @@ def files(ctx: ReportContext) -> str:
             f"- [logs]({ctx.link(ctx.results_dir / 'logs')}): one log per run\n{lines}\n")
 
 
-SECTIONS: list[Section] = [overview, results, failures, budget, scale_out, paper_comparison, figures, files]
+SECTIONS: list[Section] = [overview, results, failures, budget, scale_out, ranks, paper_comparison, figures,
+                           files]
