@@ -201,6 +201,8 @@ def test_the_zero_and_ddp_estimates_at_two_ranks_are_within_3_percent_of_each_ra
     """The per-GPU estimate models NCCL's in-place collectives; gloo copies what it reduce-scatters and gathers
     (ZeRO-3's gradient buckets: 1.8-2.0 MB here), and each record says by how much (`collectives`), so the estimate
     is held to the measured peak less that. RevFFN's states are those of the model it trains, adapters included.
+    ZeRO-3's per-GPU figure here is its step's: its backward figure misses what DeepSpeed keeps gathered between
+    forward and backward (README, issue 36), which shows at 4 ranks.
     ZeRO-1/2 peak at their step (the states, the float32 gradient partition
     and AdamW's temporaries: sharding.device_step). A rank's reading may hold a block gloo's thread freed unheard
     (only ever more: 2.3 MB seen): the lower rank is compared."""
