@@ -80,9 +80,14 @@ def resolve_device(device: str, gpus: int = 1, ranks: int = 1) -> str:
     return device
 
 
+def node_ranks(device: str, gpus: int, ranks: int) -> int:
+    """The ranks a run starts on each node: `ranks` CPU processes on CPU, one per GPU on CUDA."""
+    return ranks if torch.device(device).type == "cpu" else gpus
+
+
 def ranks_per_node(config: dict[str, Any]) -> int:
     """How many ranks a run's config starts on each node (records from before CPU ranks have no `ranks`)."""
-    return config.get("ranks", 1) if torch.device(config["device"]).type == "cpu" else config["gpus"]
+    return node_ranks(config["device"], config["gpus"], config.get("ranks", 1))
 
 
 def nodes(config: dict[str, Any]) -> int:
@@ -123,8 +128,8 @@ def plan_run(point: Suite, method: str, repeat: int = 0, search_key: str | None 
         overrides = Overrides(point.activations, point.states, point.loss, point.options)
         spec = TrainSpec(model=point.model, workload=point.workload, optimizer=point.optimizer, seed=point.seed,
                          device=device)
-        per_node = point.ranks if torch.device(device).type == "cpu" else point.gpus
-        resolved = resolve_method(method, spec, overrides, per_node * point.nodes)
+        world = node_ranks(device, point.gpus, point.ranks) * point.nodes
+        resolved = resolve_method(method, spec, overrides, world)
     except ValueError as exc:  # a FieldError of the device or rank count, or a refusal of the composition
         raise SuiteError(f"suite {point.name!r}: {exc}") from None
     config = {
