@@ -11,11 +11,12 @@ import torch
 
 from revbench.cli import main
 from revbench.estimate.sharding import ModelShape, rank_states, smallest_ranks
+from revbench.estimate.zero3_gather import FetchUnit
 from revbench.models import ModelSpec
 from revbench.reports.scale_out import PER_RANK_DEVICE, scale_out_frame, scale_out_table
 
-ODD = ModelShape(numels=(7, 1000, 3), layer_numels=(1010,), buffer_bytes=0, element_bytes=2, hidden=16,
-                 dtype=torch.bfloat16)
+ODD = ModelShape(numels=(7, 1000, 3), units=(FetchUnit(0, (7, 1000, 3), leaf=False, views=0),), buffer_bytes=0,
+                 element_bytes=2, hidden=16, dtype=torch.bfloat16)
 
 
 def test_zero3_pads_each_parameter_and_zero2_the_flat_group() -> None:

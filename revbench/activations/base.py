@@ -18,6 +18,11 @@ class Activations:
 
     name: ClassVar[str]
     option_names: ClassVar[tuple[str, ...]] = ()
+    # What a decoder layer's forward leaves for its backward, which decides what ZeRO-3 holds gathered
+    # (estimate/zero3_gather.py): whether backward runs the layer's forward again, and whether autograd's saved
+    # tensors stay on the device.
+    recomputes: ClassVar[bool] = False
+    saves_on_device: ClassVar[bool] = True
 
     def __init__(self, spec: TrainSpec) -> None:
         self.spec = spec
@@ -29,6 +34,12 @@ class Activations:
 
     def build(self, model: nn.Module) -> nn.Module:
         return model
+
+    @property
+    def holds_weight_views(self) -> bool:
+        """Whether each layer's forward keeps autograd's views of its fused expert weights on the device until its
+        backward (a tiled MoE block recomputes its chunks, so it keeps none)."""
+        return self.saves_on_device and not self.recomputes and not self.tile_tokens
 
     def refuses(self, states: str, loss: str) -> str | None:
         """Why this technique cannot run with the given model-state and loss techniques, or None."""

@@ -23,6 +23,7 @@ class Checkpoint(Activations):
 
     name = "checkpoint"
     option_names: tuple[str, ...] = ("checkpoint_every",)
+    recomputes = True
 
     def __init__(self, spec: TrainSpec) -> None:
         super().__init__(spec)

@@ -166,6 +166,7 @@ class OffloadActivations(Offloaded, Activations):
 
     name = "offload-activations"
     option_names = ("offload_last_layer",)
+    saves_on_device = False
 
 
 class CheckpointOffload(Offloaded, Checkpoint):

@@ -17,6 +17,7 @@ from revbench.revexact import OPTION_NAMES, convert
 
 class RevExact(Activations):
     name = "revexact"
+    recomputes = True  # each layer is reconstructed from its output, and run again, in backward
     option_names = OPTION_NAMES
 
     def build(self, model: nn.Module) -> nn.Module:

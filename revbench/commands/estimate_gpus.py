@@ -30,7 +30,8 @@ def _table(result: object, budget: int | None, fit: bool) -> str:
     for name, peak in result.peaks.items():
         states = peak.states
         row = {"method": name, "per GPU": "-" if peak.per_gpu is None else format_bytes(peak.per_gpu),
-               "states on GPU": format_bytes(states.device), "gathered layer": format_bytes(states.gathered),
+               "states on GPU": format_bytes(states.device), "ZeRO-3 gathered": format_bytes(states.gathered),
+               "ZeRO-3 block gradients": format_bytes(states.leaf_grads),
                "backward transient": "-" if peak.transient is None else format_bytes(peak.transient),
                "at the device step": format_bytes(states.step_device) if states.step_device else "-",
                "host per rank": format_bytes(states.host),
@@ -87,8 +88,11 @@ def handle(args: argparse.Namespace) -> int:
         host = f"; a node's host bytes must fit {format_bytes(args.host_budget)}" if args.host_budget else ""
         note = f" --fit holds the per-GPU batch and adds ranks{host}."
     print(f"Wall time {time.perf_counter() - start:.1f} s. Per GPU: the model states each rank keeps on its GPU, "
-          f"ZeRO-3's gathered layer, and the backward transient of the per-rank batch (activations and the gradient "
-          f"in flight, from a fake-tensor step), or where ZeRO steps on the device, the larger of that and the "
+          f"what ZeRO-3 holds gathered in backward (the modules DeepSpeed keeps within its reuse distance, and with "
+          f"every activation stored each layer's fused expert weights, which forward's saved views hold) and a MoE "
+          f"block's gradients before their reduce, and the backward transient of the per-rank batch (activations and "
+          f"the gradient in flight, from a fake-tensor step), or where ZeRO steps on the device, the larger of that "
+          f"and the "
           f"device at its step (the float32 gradient partition and AdamW's temporaries beside the states). FSDP2's "
           f"figures are its own step's peak on fake tensors as rank 0 of {args.gpus}, its gathered layers and "
           f"reduce-scatter buffers in the transient (its optimizer workspace too). Not counted elsewhere: DDP's "

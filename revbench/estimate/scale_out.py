@@ -1,15 +1,15 @@
 """`revbench estimate --gpus N`: per-GPU and per-node host bytes of every data-parallel combination at N ranks,
 and with a budget the smallest N at which each fits.
 
-Per GPU = the composition's persistent device model states at N ranks (`sharding`, layout arithmetic) + ZeRO-3's
-gathered layer + the activation technique's transient bytes at the per-rank batch. FSDP2 is no layout model: its
-own `fully_shard` steps on fake tensors as rank 0 of N on a fake process group (`fake_group`), and its peak is that
-step's, every category at once (gathered layers and reduce-scatter buffers included). The transient bytes come
-from a fake-tensor step of the activation technique with AdamW stepped in backward: its peak falls in backward,
-where it holds what forward kept for backward and the gradient being produced (a plain AdamW step's peak may
-fall in its optimizer phase, with no activations left). Not counted: the optimizer step's workspace (DDP's
-foreach sqrt temporary is as large as the parameters), gradient buckets beyond that one gradient, the CUDA
-context and allocator fragmentation.
+Per GPU = the composition's persistent device model states at N ranks (`sharding`, layout arithmetic) + what ZeRO-3
+holds gathered in backward and a MoE block's gradients (`zero3_gather`) + the activation technique's transient bytes
+at the per-rank batch. FSDP2 is no layout model: its own `fully_shard` steps on fake tensors as rank 0 of N on a
+fake process group (`fake_group`), and its peak is that step's, every category at once (gathered layers and
+reduce-scatter buffers included). The transient bytes come from a fake-tensor step of the activation technique
+with AdamW stepped in backward: its peak falls in backward, where it holds what forward kept for backward and the
+gradient being produced (a plain AdamW step's peak may fall in its optimizer phase, with no activations left).
+Not counted: the optimizer step's workspace (DDP's foreach sqrt temporary is as large as the parameters), gradient
+buckets beyond that one gradient, the CUDA context and allocator fragmentation.
 
 `workload.batch` is the global batch, as in a run: each of N ranks takes batch/N rows. `--fit` holds that
 per-rank batch and adds ranks (the global batch grows with N), as scaling out does.
@@ -25,10 +25,11 @@ from revbench.activations import ACTIVATIONS
 from revbench.estimate.fake_step import FAKE_WORLD_STATES
 from revbench.estimate.session import Estimate, Sessions
 from revbench.estimate.sharding import LAYOUTS, ModelShape, RankPeak, RankStates, rank_states, smallest_ranks
-from revbench.methods.composition import Composition
+from revbench.methods.composition import Composition, option_names
 from revbench.methods.method import techniques
 from revbench.ranks import check_divisible
 from revbench.spec import TrainSpec
+from revbench.states.zero import Zero
 
 
 def combinations(spec: TrainSpec) -> list[tuple[Composition, str | None]]:
@@ -57,6 +58,17 @@ class ScaleOut:
     fits: dict[str, int | None]  # composition -> smallest ranks under the budget (None: not up to the cap)
 
 
+TRANSIENT_STATES = "adamw-in-backward"  # the transients' own states: AdamW stepped in backward, unsharded
+
+
+def transient_spec(spec: TrainSpec) -> TrainSpec:
+    """`spec` for the transients' fake steps: without the options of the sharded states (a ZeRO `config`), which
+    their own states do not take."""
+    taken = {name for activations in ACTIVATIONS
+             for name in option_names(Composition(activations, TRANSIENT_STATES, "full"))}
+    return replace(spec, options={k: v for k, v in spec.options.items() if k in taken})
+
+
 class RankPeaks:
     """Per-GPU figures of compositions at any rank count and per-rank batch, each fake-tensor session built once:
     the activation techniques' transients (with AdamW stepped in backward, one session for every batch) and
@@ -66,18 +78,18 @@ class RankPeaks:
         self.spec, self.target, self.ranks_per_node = spec, target, ranks_per_node
         self.shape = ModelShape.of(spec.model, target)
         self.shapes: dict[str, ModelShape] = {}  # by activation technique: the model each one trains
-        self.transients = Sessions(spec, target)
+        self.transients = Sessions(transient_spec(spec), target)
         self.traced: dict[int, Sessions] = {}
 
     def trained_shape(self, composition: Composition) -> ModelShape:
         """The shape of the model the composition trains, whose parameters the states shard."""
         if composition.activations not in self.shapes:
             activations = techniques(composition, self.spec)[0]
-            self.shapes[composition.activations] = ModelShape.of(self.spec.model, self.target, activations.prepare)
+            self.shapes[composition.activations] = ModelShape.of(self.spec.model, self.target, activations)
         return self.shapes[composition.activations]
 
     def transient(self, activations: str, batch: int) -> Estimate:
-        return self.transients.estimate(f"{activations}+adamw-in-backward+full", batch, self.spec.workload.seq)
+        return self.transients.estimate(f"{activations}+{TRANSIENT_STATES}+full", batch, self.spec.workload.seq)
 
     def estimate(self, composition: Composition, ranks: int, batch: int) -> Estimate:
         """The fake-tensor estimate a composition's figure comes from: FSDP2's own step at `ranks` ranks, else its
@@ -97,7 +109,9 @@ class RankPeaks:
         estimate = self.estimate(composition, ranks, batch)
         if composition.states in FAKE_WORLD_STATES:
             return traced_peak(estimate, ranks, batch, self.ranks_per_node)
-        states = rank_states(composition.states, self.trained_shape(composition), ranks, self.target)
+        technique = techniques(composition, self.spec)[1]
+        config = technique.config_path if isinstance(technique, Zero) else None
+        states = rank_states(composition.states, self.trained_shape(composition), ranks, self.target, config)
         transient = estimate.tensor_bytes.activations if estimate.tensor_bytes else None
         return RankPeak(composition.name, ranks, batch, states, transient, self.ranks_per_node)
 

@@ -18,17 +18,20 @@ and L the largest parameter:
 |               | 12·P/N master, momentum and variance               |                                                |
 | zero3         | b·P/N weights (+ b·K persistent small parameters, | -                                              |
 |               | N > 1), b·P/N + b·R gradients, 12·P/N master and  |                                                |
-|               | moments, plus one gathered layer while it runs     |                                                |
+|               | moments, plus what it holds gathered (below)       |                                                |
 | zero2-offload | b·P weights, b·L gradient staging                  | b·P/N bit16 staging, 4·P/N + b·L gradients,    |
 |               |                                                    | 12·P/N fp32 master, momentum and variance      |
 | zero3-offload | b·R reduce bucket, b·K persistent small parameters | b·P/N parameters, (4 + b)·P/N gradients,       |
-|               | (N > 1), plus one gathered layer while it runs     | 12·P/N master, momentum and variance           |
+|               | (N > 1), plus what it holds gathered (below)       | 12·P/N master, momentum and variance           |
 
 ZeRO-1/2 pad their flat partition to a multiple of 2·N elements; ZeRO-3 partitions every parameter on its own,
 padded to ceil(numel / N), so P/N above is the sum of those. On one rank ZeRO-3 without offload gathers nothing
-(its partition is the parameter). A node of G ranks holds G ranks' host bytes. ZeRO-1/2/3 on the device have a
-second peak, at their step: the float32 gradient partition and AdamW's temporaries (`device_step`); per GPU is the
-larger of the two. Not counted, as for DDP: DDP's own AdamW step workspace.
+(its partition is the parameter). In backward ZeRO-3 holds gathered what DeepSpeed keeps from forward within its
+reuse distance, the module it runs, and where forward stores its activations each layer's fused expert weights,
+which autograd's saved views keep (zero3_gather.py); and a MoE block's every gradient until the block's backward
+ends, past the one gradient the transient holds. A node of G ranks holds G ranks' host bytes. ZeRO-1/2/3 on the
+device have a second peak, at their step: the float32 gradient partition and AdamW's temporaries (`device_step`);
+per GPU is the larger of the two. Not counted, as for DDP: DDP's own AdamW step workspace.
 """
 
 from __future__ import annotations
@@ -36,15 +39,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 
+from revbench.estimate.zero3_gather import FetchUnit, Gathering, fetch_units, gathered_in_backward, leaf_gradients
 from revbench.estimate.zero_layout import SUB_GROUP_SIZE, sub_groups
 from revbench.models import ModelSpec
 from revbench.models.dtypes import parse_dtype
 from revbench.models.zoo import build_model
+
+if TYPE_CHECKING:
+    from revbench.activations.base import Activations
 
 SHARDED_STATES = ("adamw-ddp", "zero1", "zero2", "zero3", "zero2-offload", "zero3-offload")
 ZERO2_ALIGNMENT = 2  # DeepSpeed's nccl_start_alignment_factor: ZeRO-2's flat group is padded to 2·N elements
@@ -55,29 +62,33 @@ class ModelShape:
     """What the layout depends on: every parameter tensor's size, the buffers, the element size, and the layers."""
 
     numels: tuple[int, ...]
-    layer_numels: tuple[int, ...]  # parameters per decoder layer (what ZeRO-3 gathers at once)
+    units: tuple[FetchUnit, ...]  # what ZeRO-3 gathers at once, in forward order
     buffer_bytes: int
     element_bytes: int
     hidden: int
     dtype: torch.dtype
+    recomputes: bool = False  # the activation technique's layers run forward again in backward
+    holds_weight_views: bool = True  # its forward keeps views of the fused expert weights until backward
 
     @property
     def parameters(self) -> int:
         return sum(self.numels)
 
     @classmethod
-    def of(cls, spec: ModelSpec, target: str, prepare: Callable[[nn.Module], nn.Module] | None = None) -> ModelShape:
-        """The shapes of `spec` built on the meta device (no memory, seconds even for 46.7B parameters), as
-        `prepare` turns it into the model that trains (an activation technique: RevFFN adds its adapters)."""
+    def of(cls, spec: ModelSpec, target: str, activations: Activations | None = None) -> ModelShape:
+        """The shapes of `spec` built on the meta device (no memory, seconds even for 46.7B parameters), as the
+        activation technique turns it into the model that trains (RevFFN adds its adapters); the plain model that
+        keeps every activation without one."""
         dtype = parse_dtype(spec.dtype, target)
         model = build_model(ModelSpec(**{**spec.to_dict(), "dtype": str(dtype).removeprefix("torch.")}),
                             device="meta")
-        model = prepare(model) if prepare else model
-        layers = model.model.layers
-        return cls(numels=tuple(p.numel() for p in model.parameters()),
-                   layer_numels=tuple(sum(p.numel() for p in layer.parameters()) for layer in layers),
+        passes = {}
+        if activations is not None:
+            model = activations.prepare(model)
+            passes = {"recomputes": activations.recomputes, "holds_weight_views": activations.holds_weight_views}
+        return cls(numels=tuple(p.numel() for p in model.parameters()), units=fetch_units(model),
                    buffer_bytes=sum(b.numel() * b.element_size() for b in model.buffers()),
-                   element_bytes=torch.finfo(dtype).bits // 8, hidden=model.config.hidden_size, dtype=dtype)
+                   element_bytes=torch.finfo(dtype).bits // 8, hidden=model.config.hidden_size, dtype=dtype, **passes)
 
 
 @dataclass(frozen=True)
@@ -93,6 +104,7 @@ class RankStates:
     host_grads: int = 0
     host_optimizer: int = 0
     gathered: int = 0
+    leaf_grads: int = 0  # ZeRO-3: the gradients a leaf module holds until its backward ends, past one
     step_device: int = 0  # device bytes at the device step's peak (0: not modelled, the step adds nothing there)
 
     @property
@@ -106,15 +118,17 @@ class RankStates:
     def to_dict(self) -> dict[str, int]:
         return {"params": self.params, "grads": self.grads, "optimizer": self.optimizer,
                 "host_params": self.host_params, "host_grads": self.host_grads, "host_optimizer": self.host_optimizer,
-                "gathered": self.gathered, "step_device": self.step_device, "device": self.device, "host": self.host}
+                "gathered": self.gathered, "leaf_grads": self.leaf_grads, "step_device": self.step_device,
+                "device": self.device, "host": self.host}
 
 
-def zero_settings(states: str, hidden: int, dtype: torch.dtype) -> dict[str, Any]:
-    """The zero_optimization section a run of `states` uses: the shipped baselines config, filled in by the same
-    code as a real run (so "auto" bucket sizes come out alike)."""
+def zero_settings(states: str, hidden: int, dtype: torch.dtype, config: Path | None = None) -> dict[str, Any]:
+    """The zero_optimization section a run of `states` uses: its DeepSpeed config (the shipped baselines one unless
+    the `config` option names another), filled in by the same code as a real run (so "auto" bucket sizes come out
+    alike)."""
     from revbench.states.zero import ZERO_TECHNIQUES, fill_config
 
-    return fill_config(ZERO_TECHNIQUES[states].load_config(), 1, dtype, hidden)["zero_optimization"]
+    return fill_config(ZERO_TECHNIQUES[states].load_config(config), 1, dtype, hidden)["zero_optimization"]
 
 
 def zero12_partition(total: int, ranks: int) -> int:
@@ -134,13 +148,18 @@ def zero3_persistent(shape: ModelShape, ranks: int, zero: dict[str, Any]) -> int
     return sum(n for n in shape.numels if n <= threshold) if ranks > 1 else 0
 
 
+def zero3_gathered(shape: ModelShape, zero: dict[str, Any]) -> int:
+    """The elements ZeRO-3 holds gathered at most while backward runs (zero3_gather.py)."""
+    return gathered_in_backward(shape.units, Gathering.of(zero), shape.recomputes, shape.holds_weight_views)
+
+
 def adamw_steps(tensors: int, target: str) -> int:
     """torch's AdamW keeps a float32 step count per tensor it steps: on the parameter's device only for the fused
     and capturable kernels (CPU runs), else on the host where it is noise."""
     return 4 * tensors if target == "cpu" else 0
 
 
-def ddp(shape: ModelShape, ranks: int, target: str) -> RankStates:
+def ddp(shape: ModelShape, ranks: int, target: str, zero: dict[str, Any]) -> RankStates:
     """Every rank holds everything."""
     b, total = shape.element_bytes, shape.parameters
     return RankStates(params=b * total + shape.buffer_bytes, grads=b * total,
@@ -163,7 +182,7 @@ def device_step(b: int, partitions: list[int], grads_alive: int, target: str) ->
     return max(one(n) for n in partitions)
 
 
-def zero1(shape: ModelShape, ranks: int, target: str) -> RankStates:
+def zero1(shape: ModelShape, ranks: int, target: str, zero: dict[str, Any]) -> RankStates:
     b, total = shape.element_bytes, shape.parameters
     part = zero12_partition(total, ranks)
     params, optimizer = b * total + shape.buffer_bytes, 12 * part + adamw_steps(1, target)
@@ -172,9 +191,8 @@ def zero1(shape: ModelShape, ranks: int, target: str) -> RankStates:
                       step_device=params + optimizer + device_step(b, [part], b * total, target))
 
 
-def zero2(shape: ModelShape, ranks: int, target: str) -> RankStates:
+def zero2(shape: ModelShape, ranks: int, target: str, zero: dict[str, Any]) -> RankStates:
     b, total = shape.element_bytes, shape.parameters
-    zero = zero_settings("zero2", shape.hidden, shape.dtype)
     part = zero12_partition(total, ranks)
     params, optimizer = b * total + shape.buffer_bytes, 12 * part + adamw_steps(1, target)
     # grads_in_partition and the ipg bucket (released at the end of backward)
@@ -182,9 +200,8 @@ def zero2(shape: ModelShape, ranks: int, target: str) -> RankStates:
                       step_device=params + optimizer + device_step(b, [part], b * part, target))
 
 
-def zero3(shape: ModelShape, ranks: int, target: str) -> RankStates:
+def zero3(shape: ModelShape, ranks: int, target: str, zero: dict[str, Any]) -> RankStates:
     b = shape.element_bytes
-    zero = zero_settings("zero3", shape.hidden, shape.dtype)
     partitions = zero3_partitions(shape, ranks)
     part = sum(partitions)
     groups = sub_groups(partitions, int(zero.get("sub_group_size", SUB_GROUP_SIZE)))
@@ -192,11 +209,12 @@ def zero3(shape: ModelShape, ranks: int, target: str) -> RankStates:
     states = RankStates(params=b * part + b * zero3_persistent(shape, ranks, zero) + shape.buffer_bytes,
                         grads=b * part + b * zero["reduce_bucket_size"],
                         optimizer=12 * part + adamw_steps(len(groups), target),
-                        gathered=b * max(shape.layer_numels) if ranks > 1 else 0)
+                        gathered=b * zero3_gathered(shape, zero) if ranks > 1 else 0,
+                        leaf_grads=b * leaf_gradients(shape.units))
     return replace(states, step_device=states.device + device_step(b, groups, 0, target))
 
 
-def zero2_offload(shape: ModelShape, ranks: int, target: str) -> RankStates:
+def zero2_offload(shape: ModelShape, ranks: int, target: str, zero: dict[str, Any]) -> RankStates:
     b, total, largest = shape.element_bytes, shape.parameters, max(shape.numels)
     part = zero12_partition(total, ranks)
     host_params = b * part  # param_buffer_of_bit16_for_cpu_offload_groups
@@ -208,9 +226,8 @@ def zero2_offload(shape: ModelShape, ranks: int, target: str) -> RankStates:
                       host_optimizer=host_optimizer)
 
 
-def zero3_offload(shape: ModelShape, ranks: int, target: str) -> RankStates:
+def zero3_offload(shape: ModelShape, ranks: int, target: str, zero: dict[str, Any]) -> RankStates:
     b = shape.element_bytes
-    zero = zero_settings("zero3-offload", shape.hidden, shape.dtype)
     part = sum(zero3_partitions(shape, ranks))
     host_params = b * part  # the offloaded parameter partitions
     host_grads = (4 + b) * part  # the fp32 partition's grad, grad_partitions_flat_buffer
@@ -218,26 +235,31 @@ def zero3_offload(shape: ModelShape, ranks: int, target: str) -> RankStates:
     device_grads = b * zero["reduce_bucket_size"]  # the ipg bucket's flat buffer
     return RankStates(params=host_params + b * zero3_persistent(shape, ranks, zero) + shape.buffer_bytes,
                       grads=device_grads + host_grads, optimizer=host_optimizer, host_params=host_params,
-                      host_grads=host_grads, host_optimizer=host_optimizer, gathered=b * max(shape.layer_numels))
+                      host_grads=host_grads, host_optimizer=host_optimizer, gathered=b * zero3_gathered(shape, zero),
+                      leaf_grads=b * leaf_gradients(shape.units))
 
 
 LAYOUTS = {"adamw-ddp": ddp, "zero1": zero1, "zero2": zero2, "zero3": zero3, "zero2-offload": zero2_offload,
            "zero3-offload": zero3_offload}
 
 
-def rank_states(states: str, shape: ModelShape, ranks: int, target: str = "cuda") -> RankStates:
-    """One rank's model-state bytes when `states` runs over `ranks` ranks."""
+def rank_states(states: str, shape: ModelShape, ranks: int, target: str = "cuda", config: Path | None = None
+                ) -> RankStates:
+    """One rank's model-state bytes when `states` runs over `ranks` ranks (ZeRO: with the DeepSpeed `config` a run
+    of it would use, its shipped one by default)."""
     if states not in LAYOUTS:
         raise ValueError(f"{states!r} does not shard over ranks; the data-parallel states are {', '.join(LAYOUTS)}")
     if ranks < 1:
         raise ValueError(f"ranks must be >= 1, got {ranks}")
-    return LAYOUTS[states](shape, ranks, target)
+    zero = zero_settings(states, shape.hidden, shape.dtype, config) if states.startswith("zero") else {}
+    return LAYOUTS[states](shape, ranks, target, zero)
 
 
 @dataclass(frozen=True)
 class RankPeak:
     """A composition's figures per GPU at N ranks: persistent device states, plus the activation technique's
-    transient bytes at the per-rank batch (and ZeRO-3's gathered layer); host bytes per node of G ranks."""
+    transient bytes at the per-rank batch (and what ZeRO-3 holds gathered, and its MoE blocks' gradients); host bytes
+    per node of G ranks."""
 
     method: str
     ranks: int
@@ -250,7 +272,8 @@ class RankPeak:
     def per_gpu(self) -> int | None:
         if self.transient is None:
             return None
-        return max(self.states.device + self.states.gathered + self.transient, self.states.step_device)
+        backward = self.states.device + self.states.gathered + self.states.leaf_grads + self.transient
+        return max(backward, self.states.step_device)
 
     @property
     def host_per_node(self) -> int:
