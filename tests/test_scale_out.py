@@ -79,6 +79,17 @@ def test_revffn_two_stage_is_refused_under_ddp() -> None:
         plan_run(suite(method, options={"revffn": {"stage": "two-stage", "warmup_steps": 1}}), method)
 
 
+@pytest.mark.parametrize("method", ["revffn+zero3+full", "revffn+zero3-offload+full"])
+def test_revffn_on_zero3_over_several_ranks_is_refused_before_it_deadlocks(method: str) -> None:
+    """Both hung at 2 CPU ranks until their timeout (one rank reduce-scattering, the other gathering); one rank
+    runs (test_methods_deepspeed.py), and revexact on ZeRO-3 and RevFFN on ZeRO-2 run at 2 (test_scale_out_ranks.py
+    and by hand)."""
+    with pytest.raises(SuiteError, match=r"cannot run on 2 ranks: RevFFN's backward deadlocks on ZeRO-3.*ZeRO-2"):
+        plan_run(suite(method), method)
+    assert plan_run(suite(method, ranks=1), method).config["ranks"] == 1
+    assert plan_run(suite("revexact+zero3+full"), "revexact+zero3+full").config["ranks"] == 2
+
+
 def test_one_rank_runs_as_a_single_process() -> None:
     run = plan_run(suite("zero2-offload", ranks=1), "zero2-offload")
     assert worker_command(run, Path("s"), Path("r"), Path("p"))[1:3] == ["-m", "revbench.orchestrator.worker"]

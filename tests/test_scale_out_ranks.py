@@ -194,7 +194,7 @@ def test_the_fsdp2_estimate_at_two_ranks_is_within_3_percent_of_each_rank(fsdp2_
 
 def at_distance_zero(folder: Path) -> Path:
     """The shipped ZeRO-3 config with every module released right after it runs: how DeepSpeed's default distance
-    (1e9 parameters) treats a model whose layers are each near that size (Qwen1.5-MoE-A2.7B's are 0.56e9)."""
+    (1e9 parameters) treats a model whose layers are each near that size (Qwen1.5-MoE-A2.7B's are 0.57e9)."""
     from revbench.states.zero import ZERO_TECHNIQUES
 
     config = ZERO_TECHNIQUES["zero3"].load_config()

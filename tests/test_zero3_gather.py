@@ -74,7 +74,7 @@ def test_past_the_reuse_distance_forward_s_saved_views_still_hold_the_expert_wei
 
 
 def test_at_paper_scale_store_keeps_every_layer_s_experts_and_checkpointing_one_layer() -> None:
-    """Qwen1.5-MoE-A2.7B: a layer is 0.56e9 parameters, so DeepSpeed keeps only the last layer and the LM head
+    """Qwen1.5-MoE-A2.7B: a layer is 0.57e9 parameters, so DeepSpeed keeps only the last layer and the LM head
     from forward to backward; with every activation stored, the other 23 layers' expert weights stay too."""
     units = fetch_units(build_model(ModelSpec("qwen1.5-moe-a2.7b", dtype="bf16"), device="meta"))
     settings = Gathering(threshold=10 * 2048)

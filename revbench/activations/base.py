@@ -45,6 +45,10 @@ class Activations:
         """Why this technique cannot run with the given model-state and loss techniques, or None."""
         return None
 
+    def refuses_ranks(self, states: str, ranks: int) -> str | None:
+        """Why this technique cannot run with the given model-state technique over `ranks` ranks, or None."""
+        return None
+
     def before_step(self, model: nn.Module, step: int) -> None:
         """Called before each training step (0-based), outside any measured window's forward."""
 

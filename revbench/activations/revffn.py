@@ -47,6 +47,15 @@ class RevFFN(Activations):
                     "thaws the pretrained weights mid-run) cannot run on it; use stage 'full' or 'warmup'")
         return None
 
+    def refuses_ranks(self, states: str, ranks: int) -> str | None:
+        if ranks > 1 and states in ("zero3", "zero3-offload"):
+            return ("RevFFN's backward deadlocks on ZeRO-3 over several ranks: inside its per-layer backward "
+                    "DeepSpeed's gradient hooks fire in a different order on different ranks, so one rank "
+                    "reduce-scatters a gradient bucket while another gathers the next layer's weights (seen at 2 "
+                    "CPU ranks, issue 36); over several ranks use ZeRO-2 (revffn+zero2+full, "
+                    "revffn-zero2-offload), or revexact on ZeRO-3")
+        return None
+
     def before_step(self, model: nn.Module, step: int) -> None:
         set_trainable(model, trains_everything(self.stage, step, self.warmup_steps))
         self.steps = step + 1

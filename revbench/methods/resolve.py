@@ -115,7 +115,9 @@ def resolve_method(method: str, spec: TrainSpec, overrides: Overrides | None = N
                                options={**spec.options, **merged_options(method, composition, overrides.options)})
     try:
         check_ranks(composition, ranks, spec.workload.batch)
-        techniques(composition, spec)
+        reason = techniques(composition, spec)[0].refuses_ranks(composition.states, ranks)
+        if reason:
+            raise ValueError(f"method {composition.name!r} cannot run on {ranks} ranks: {reason}")
     except ImportError:
         pass  # a technique whose library is missing: its run's record says so
     return ResolvedMethod(composition, spec)
