@@ -49,10 +49,10 @@ class RevFFN(Activations):
 
     def refuses_ranks(self, states: str, ranks: int) -> str | None:
         if ranks > 1 and states in ("zero3", "zero3-offload"):
-            return ("RevFFN's backward deadlocks on ZeRO-3 over several ranks: inside its per-layer backward "
-                    "DeepSpeed's gradient hooks fire in a different order on different ranks, so one rank "
-                    "reduce-scatters a gradient bucket while another gathers the next layer's weights (seen at 2 "
-                    "CPU ranks, issue 36); over several ranks use ZeRO-2 (revffn+zero2+full, "
+            return ("RevFFN's backward deadlocks on ZeRO-3 over several ranks: inside its per-layer backward the "
+                    "ranks' parameter fetches diverge, so one rank gathers the attention weights for a branch's "
+                    "recompute while another, which gathered nothing there, reduce-scatters that branch's gradients "
+                    "(seen at 2 CPU ranks, issue 36); over several ranks use ZeRO-2 (revffn+zero2+full, "
                     "revffn-zero2-offload), or revexact on ZeRO-3")
         return None
 
