@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from revbench.cli import main
-from revbench.estimate.sharding import ModelShape, rank_states, smallest_ranks
+from revbench.estimate.sharding import ModelShape, rank_states, smallest_ranks, zero12_largest_piece
 from revbench.estimate.zero3_gather import FetchUnit
 from revbench.models import ModelSpec
 from revbench.reports.scale_out import PER_RANK_DEVICE, scale_out_frame, scale_out_table
@@ -28,6 +28,24 @@ def test_zero3_pads_each_parameter_and_zero2_the_flat_group() -> None:
     two = rank_states("zero2-offload", ODD, 4)
     padded = math.ceil(1010 / 8) * 8  # a multiple of 2 x ranks
     assert two.host_optimizer == 12 * padded // 4 and two.host_params == 2 * padded // 4
+
+
+def test_the_offloads_copy_a_gradient_piece_in_float64_for_its_norm() -> None:
+    """DeepSpeed takes each reduced gradient's norm in float64 before it goes to the host: ZeRO-2 offload of the
+    largest piece of one parameter in one rank's flat partition, ZeRO-3 offload of the largest parameter's
+    partition."""
+    assert zero12_largest_piece((7, 1000, 3), 1) == 1000
+    assert zero12_largest_piece((7, 1000, 3), 4) == 254  # shares of 254 elements: the second is all inside it
+    assert zero12_largest_piece((100, 1000), 2) == 550  # shares of 550: the second parameter has 450 in the first
+    tiny = ModelShape.of(ModelSpec(layers=2), "cpu")
+    gate_up = 8 * 512 * 128
+    # At 2 ranks each share holds one layer's gate_up_proj whole; at 4 its largest piece is the second layer's, in
+    # the third share, 482,976 of its elements (shares of 533,344 from 1,066,688; that gate_up starts at 1,117,056).
+    assert zero12_largest_piece(tiny.numels, 2) == gate_up
+    assert zero12_largest_piece(tiny.numels, 4) == 3 * 533_344 - 1_117_056 == 482_976
+    assert rank_states("zero2-offload", tiny, 4, "cpu").norm_copy == 8 * 482_976
+    assert rank_states("zero3-offload", tiny, 4, "cpu").norm_copy == 8 * gate_up // 4
+    assert rank_states("zero2", tiny, 2, "cpu").norm_copy == rank_states("zero3", tiny, 2, "cpu").norm_copy == 0
 
 
 def test_partitioned_states_halve_and_replicated_ones_do_not() -> None:

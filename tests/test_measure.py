@@ -9,7 +9,7 @@ from revbench.measure.categories import CATEGORIES, default_state_tensors
 from revbench.measure.nvml import NvmlMemory
 from revbench.measure.phases import PhaseRanges, phase
 from revbench.measure.profiler_bytes import ProfiledStep, measure_peak_bytes, with_missed_frees
-from revbench.measure.storage_tracker import measure_peak_bytes_tracked
+from revbench.measure.storage_tracker import mark_live, measure_peak_bytes_tracked, track_step
 from revbench.measure.timing import step_stats
 from revbench.methods import OptimizerSpec
 from revbench.models import ModelSpec, build_model
@@ -35,6 +35,26 @@ def test_known_allocations_exact_bytes(measure) -> None:
     _, measured = measure(fn, lambda: {"params": [param], "grads": [param.grad] if param.grad is not None else []})
     assert (measured.params, measured.grads, measured.optimizer, measured.activations) == (400, 0, 0, 8000)
     assert measured.total == 8400
+
+
+def test_a_marked_moment_keeps_what_was_live_at_its_fullest() -> None:
+    """mark_live() notes the running step's live storages; of several marks the fullest is kept, whatever the peak
+    (leaf_end.py marks where each MoE block's backward ends)."""
+    def fn() -> None:
+        a = torch.empty(1000)  # 4000
+        mark_live()
+        b = torch.empty(500)  # 2000
+        mark_live()  # 6000 live: the fullest mark
+        c = torch.empty(2000)  # 8000: the peak, 14000
+        del a, c
+        mark_live()  # 2000
+        del b
+
+    traced = track_step(fn, lambda: {}, by_phase=False)
+    assert traced.breakdown(None, None).activations == 14_000
+    assert traced.at_mark().activations == 6_000
+    mark_live()  # outside a step: no tracker is running
+    assert track_step(lambda: torch.empty(3), lambda: {}, by_phase=False).at_mark() is None
 
 
 @pytest.mark.parametrize("measure", MEASURES)

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import pytest
 
+from revbench.data import Workload
+from revbench.estimate import leaf_end
+from revbench.estimate.leaf_end import leaf_end_drop
+from revbench.estimate.scale_out import TRANSIENT_STATES, transient_spec
 from revbench.estimate.zero3_gather import (
     FetchUnit,
     Gathering,
@@ -16,6 +20,7 @@ from revbench.estimate.zero3_gather import (
 )
 from revbench.models import ModelSpec
 from revbench.models.zoo import build_model
+from revbench.spec import TrainSpec
 
 TINY = Gathering(threshold=10 * 128)  # the tiny model's "auto" persistence threshold, 10 x hidden; distance 1e9
 AT_ONCE = Gathering(threshold=10 * 128, distance=0)  # every module released after it runs
@@ -83,4 +88,18 @@ def test_at_paper_scale_store_keeps_every_layer_s_experts_and_checkpointing_one_
     assert last_layer_and_head == 864_935_936
     assert gathered_in_backward(units, settings, recomputes=False, holds_views=True) == \
         23 * experts + last_layer_and_head
-    assert leaf_gradients(units) == 553_773_056 - 60 * 2 * 1408 * 2048  # a block's gradients but its largest
+    assert leaf_gradients(units) == (553_773_056, 60 * 2 * 1408 * 2048)  # a block's gradients, its largest
+
+
+def test_a_block_s_end_holds_one_layer_s_bytes_less_than_the_peak_at_any_depth(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where ZeRO-3 reduces a MoE block's gradients, the block's backward has freed its saved tensors and the
+    gradient in hand: the step holds 2,428,672 bytes less than at its peak (the 2,097,152 of gate_up_proj's
+    gradient among them), traced at 2 layers and the same at 4, with every activation stored or checkpointed."""
+    spec = transient_spec(TrainSpec(model=ModelSpec(layers=4), workload=Workload(batch=1, seq=32, data="text")))
+    for activations in ("store", "checkpoint"):
+        name = f"{activations}+{TRANSIENT_STATES}+full"
+        at_two = leaf_end_drop(name, spec, "cpu")
+        with monkeypatch.context() as patch:
+            patch.setattr(leaf_end, "TRACED_LAYERS", 4)
+            assert leaf_end_drop(name, spec, "cpu") == at_two == 2_428_672

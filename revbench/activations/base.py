@@ -23,6 +23,9 @@ class Activations:
     # tensors stay on the device.
     recomputes: ClassVar[bool] = False
     saves_on_device: ClassVar[bool] = True
+    # Whether its backward computes a layer's gradients at once and then hands them over (the reversible stacks), so
+    # that its own peak already holds a MoE block's gradients together (estimate/leaf_end.py).
+    layer_gradients_at_once: ClassVar[bool] = False
 
     def __init__(self, spec: TrainSpec) -> None:
         self.spec = spec

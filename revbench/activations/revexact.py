@@ -18,6 +18,7 @@ from revbench.revexact import OPTION_NAMES, convert
 class RevExact(Activations):
     name = "revexact"
     recomputes = True  # each layer is reconstructed from its output, and run again, in backward
+    layer_gradients_at_once = True  # handoff.py: one autograd.grad per layer
     option_names = OPTION_NAMES
 
     def build(self, model: nn.Module) -> nn.Module:

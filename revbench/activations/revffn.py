@@ -18,6 +18,7 @@ from revbench.spec import TrainSpec
 class RevFFN(Activations):
     name = "revffn"
     recomputes = True  # each layer is reconstructed from its output, and run again, in backward
+    layer_gradients_at_once = True  # handoff.py: one autograd.grad per layer
     option_names = (*OPTION_NAMES, "stage", "warmup_steps")
 
     def __init__(self, spec: TrainSpec) -> None:

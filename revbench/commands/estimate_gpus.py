@@ -32,7 +32,9 @@ def _table(result: object, budget: int | None, fit: bool) -> str:
         row = {"method": name, "per GPU": "-" if peak.per_gpu is None else format_bytes(peak.per_gpu),
                "states on GPU": format_bytes(states.device), "ZeRO-3 gathered": format_bytes(states.gathered),
                "ZeRO-3 block gradients": format_bytes(states.leaf_grads),
+               "gradient norm copy": format_bytes(states.norm_copy),
                "backward transient": "-" if peak.transient is None else format_bytes(peak.transient),
+               "at a block's end": "-" if peak.at_leaf_end is None else format_bytes(peak.at_leaf_end),
                "at the device step": format_bytes(states.step_device) if states.step_device else "-",
                "host per rank": format_bytes(states.host),
                f"host per node ({min(peak.ranks, peak.ranks_per_node)} ranks)": format_bytes(peak.host_per_node)}
@@ -91,9 +93,11 @@ def handle(args: argparse.Namespace) -> int:
           f"what ZeRO-3 holds gathered in backward (the modules DeepSpeed keeps within its reuse distance, and with "
           f"every activation stored each layer's fused expert weights, which forward's saved views hold) and a MoE "
           f"block's gradients before their reduce, and the backward transient of the per-rank batch (activations and "
-          f"the gradient in flight, from a fake-tensor step), or where ZeRO steps on the device, the larger of that "
-          f"and the "
-          f"device at its step (the float32 gradient partition and AdamW's temporaries beside the states). FSDP2's "
+          f"the gradient in flight, from a fake-tensor step); ZeRO-3 at the larger of the transient's peak and a "
+          f"block's end, where its gradients are reduced and what the block saved is gone; with the optimizer "
+          f"offloaded, the float64 copy of a gradient whose norm DeepSpeed takes. Where ZeRO steps on the device, the "
+          f"larger of that and the device at its step (the float32 gradient partition and AdamW's temporaries beside "
+          f"the states). FSDP2's "
           f"figures are its own step's peak on fake tensors as rank 0 of {args.gpus}, its gathered layers and "
           f"reduce-scatter buffers in the transient (its optimizer workspace too). Not counted elsewhere: DDP's "
           f"optimizer workspace, further gradient buckets; anywhere: the CUDA context and fragmentation: leave "

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 
 from revbench.activations import ACTIVATIONS
 from revbench.estimate.fake_step import FAKE_WORLD_STATES
+from revbench.estimate.leaf_end import leaf_end_drop
 from revbench.estimate.session import Estimate, Sessions
 from revbench.estimate.sharding import LAYOUTS, ModelShape, RankPeak, RankStates, rank_states, smallest_ranks
 from revbench.methods.composition import Composition, option_names
@@ -80,6 +81,7 @@ class RankPeaks:
         self.shapes: dict[str, ModelShape] = {}  # by activation technique: the model each one trains
         self.transients = Sessions(transient_spec(spec), target)
         self.traced: dict[int, Sessions] = {}
+        self.drops: dict[tuple[str, int], int] = {}  # (activation technique, batch) -> leaf_end_drop
 
     def trained_shape(self, composition: Composition) -> ModelShape:
         """The shape of the model the composition trains, whose parameters the states shard."""
@@ -90,6 +92,15 @@ class RankPeaks:
 
     def transient(self, activations: str, batch: int) -> Estimate:
         return self.transients.estimate(f"{activations}+{TRANSIENT_STATES}+full", batch, self.spec.workload.seq)
+
+    def at_leaf_end(self, activations: str, batch: int, transient: int) -> int:
+        """The technique's bytes when a MoE block's backward ends, where ZeRO-3 reduces the block's gradients."""
+        if (activations, batch) not in self.drops:
+            spec = transient_spec(self.spec)
+            spec = replace(spec, workload=replace(spec.workload, batch=batch))
+            self.drops[activations, batch] = leaf_end_drop(f"{activations}+{TRANSIENT_STATES}+full", spec,
+                                                           self.target)
+        return transient - self.drops[activations, batch]
 
     def estimate(self, composition: Composition, ranks: int, batch: int) -> Estimate:
         """The fake-tensor estimate a composition's figure comes from: FSDP2's own step at `ranks` ranks, else its
@@ -109,11 +120,13 @@ class RankPeaks:
         estimate = self.estimate(composition, ranks, batch)
         if composition.states in FAKE_WORLD_STATES:
             return traced_peak(estimate, ranks, batch, self.ranks_per_node)
-        technique = techniques(composition, self.spec)[1]
+        activations, technique = techniques(composition, self.spec)[:2]
         config = technique.config_path if isinstance(technique, Zero) else None
         states = rank_states(composition.states, self.trained_shape(composition), ranks, self.target, config)
         transient = estimate.tensor_bytes.activations if estimate.tensor_bytes else None
-        return RankPeak(composition.name, ranks, batch, states, transient, self.ranks_per_node)
+        at_leaf_end = self.at_leaf_end(composition.activations, batch, transient) \
+            if transient is not None and states.leaf_grads and not activations.layer_gradients_at_once else None
+        return RankPeak(composition.name, ranks, batch, states, transient, self.ranks_per_node, at_leaf_end)
 
 
 def traced_peak(estimate: Estimate, ranks: int, rank_batch: int, ranks_per_node: int) -> RankPeak:

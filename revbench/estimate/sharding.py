@@ -19,17 +19,22 @@ and L the largest parameter:
 | zero3         | b·P/N weights (+ b·K persistent small parameters, | -                                              |
 |               | N > 1), b·P/N + b·R gradients, 12·P/N master and  |                                                |
 |               | moments, plus what it holds gathered (below)       |                                                |
-| zero2-offload | b·P weights, b·L gradient staging                  | b·P/N bit16 staging, 4·P/N + b·L gradients,    |
-|               |                                                    | 12·P/N fp32 master, momentum and variance      |
+| zero2-offload | b·P weights, b·L gradient staging, plus a float64  | b·P/N bit16 staging, 4·P/N + b·L gradients,    |
+|               | gradient copy in backward (below)                  | 12·P/N fp32 master, momentum and variance      |
 | zero3-offload | b·R reduce bucket, b·K persistent small parameters | b·P/N parameters, (4 + b)·P/N gradients,       |
-|               | (N > 1), plus what it holds gathered (below)       | 12·P/N master, momentum and variance           |
+|               | (N > 1), plus what it holds gathered and a float64 | 12·P/N master, momentum and variance           |
+|               | gradient copy in backward (below)                  |                                                |
 
 ZeRO-1/2 pad their flat partition to a multiple of 2·N elements; ZeRO-3 partitions every parameter on its own,
 padded to ceil(numel / N), so P/N above is the sum of those. On one rank ZeRO-3 without offload gathers nothing
 (its partition is the parameter). In backward ZeRO-3 holds gathered what DeepSpeed keeps from forward within its
 reuse distance, the module it runs, and where forward stores its activations each layer's fused expert weights,
 which autograd's saved views keep (zero3_gather.py); and a MoE block's every gradient until the block's backward
-ends, past the one gradient the transient holds. A node of G ranks holds G ranks' host bytes. ZeRO-1/2/3 on the
+ends (RankPeak.per_gpu: at the technique's peak, or at the block's end, leaf_end.py). With the optimizer offloaded,
+DeepSpeed takes each reduced gradient's norm before copying it to the host, in float64 (`get_norm_dtype`): a copy
+of 8 bytes per element of the gradient's piece in this rank's partition (ZeRO-2 offload: the largest piece of a
+parameter in any rank's flat partition; ZeRO-3 offload: the largest parameter's partition, in chunks of at most
+250M elements). A node of G ranks holds G ranks' host bytes. ZeRO-1/2/3 on the
 device have a second peak, at their step: the float32 gradient partition and AdamW's temporaries (`device_step`);
 per GPU is the larger of the two. Not counted, as for DDP: DDP's own AdamW step workspace.
 """
@@ -104,7 +109,9 @@ class RankStates:
     host_grads: int = 0
     host_optimizer: int = 0
     gathered: int = 0
-    leaf_grads: int = 0  # ZeRO-3: the gradients a leaf module holds until its backward ends, past one
+    leaf_grads: int = 0  # ZeRO-3: a leaf module's every gradient, held until its backward ends
+    leaf_largest: int = 0  # the largest of them, the one a step's peak holds in hand
+    norm_copy: int = 0  # offloaded optimizer: the float64 copy of a gradient DeepSpeed takes the norm of in backward
     step_device: int = 0  # device bytes at the device step's peak (0: not modelled, the step adds nothing there)
 
     @property
@@ -118,7 +125,9 @@ class RankStates:
     def to_dict(self) -> dict[str, int]:
         return {"params": self.params, "grads": self.grads, "optimizer": self.optimizer,
                 "host_params": self.host_params, "host_grads": self.host_grads, "host_optimizer": self.host_optimizer,
-                "gathered": self.gathered, "leaf_grads": self.leaf_grads, "step_device": self.step_device,
+                "gathered": self.gathered, "leaf_grads": self.leaf_grads, "leaf_largest": self.leaf_largest,
+                "norm_copy": self.norm_copy,
+                "step_device": self.step_device,
                 "device": self.device, "host": self.host}
 
 
@@ -200,6 +209,12 @@ def zero2(shape: ModelShape, ranks: int, target: str, zero: dict[str, Any]) -> R
                       step_device=params + optimizer + device_step(b, [part], b * part, target))
 
 
+def leaf_fields(shape: ModelShape) -> dict[str, int]:
+    block, largest = leaf_gradients(shape.units)
+    b = shape.element_bytes
+    return {"leaf_grads": b * block, "leaf_largest": b * largest}
+
+
 def zero3(shape: ModelShape, ranks: int, target: str, zero: dict[str, Any]) -> RankStates:
     b = shape.element_bytes
     partitions = zero3_partitions(shape, ranks)
@@ -209,9 +224,23 @@ def zero3(shape: ModelShape, ranks: int, target: str, zero: dict[str, Any]) -> R
     states = RankStates(params=b * part + b * zero3_persistent(shape, ranks, zero) + shape.buffer_bytes,
                         grads=b * part + b * zero["reduce_bucket_size"],
                         optimizer=12 * part + adamw_steps(len(groups), target),
-                        gathered=b * zero3_gathered(shape, zero) if ranks > 1 else 0,
-                        leaf_grads=b * leaf_gradients(shape.units))
+                        gathered=b * zero3_gathered(shape, zero) if ranks > 1 else 0, **leaf_fields(shape))
     return replace(states, step_device=states.device + device_step(b, groups, 0, target))
+
+
+NORM_BYTES = 8  # DeepSpeed's `get_norm_dtype()`: float64 wherever the accelerator has it (CUDA and CPU)
+NORM_CHUNK = 250_000_000  # stage3.py `_constant_buffered_norm2`: the elements it converts at once
+
+
+def zero12_largest_piece(numels: tuple[int, ...], ranks: int) -> int:
+    """The most elements of one parameter that fall in one rank's share of ZeRO-1/2's flat group."""
+    part, start, largest = zero12_partition(sum(numels), ranks), 0, 0
+    for n in numels:
+        first, last = start // part, (start + n - 1) // part  # the ranks whose share the parameter spans
+        for rank in range(first, last + 1):
+            largest = max(largest, min(start + n, (rank + 1) * part) - max(start, rank * part))
+        start += n
+    return largest
 
 
 def zero2_offload(shape: ModelShape, ranks: int, target: str, zero: dict[str, Any]) -> RankStates:
@@ -223,12 +252,14 @@ def zero2_offload(shape: ModelShape, ranks: int, target: str, zero: dict[str, An
     device_grads = b * largest  # temp_grad_buffer_for_gpu_offload
     return RankStates(params=b * total + shape.buffer_bytes + host_params, grads=device_grads + host_grads,
                       optimizer=host_optimizer, host_params=host_params, host_grads=host_grads,
-                      host_optimizer=host_optimizer)
+                      host_optimizer=host_optimizer,
+                      norm_copy=NORM_BYTES * zero12_largest_piece(shape.numels, ranks))  # set_norm_for_param_grad
 
 
 def zero3_offload(shape: ModelShape, ranks: int, target: str, zero: dict[str, Any]) -> RankStates:
     b = shape.element_bytes
-    part = sum(zero3_partitions(shape, ranks))
+    partitions = zero3_partitions(shape, ranks)
+    part = sum(partitions)
     host_params = b * part  # the offloaded parameter partitions
     host_grads = (4 + b) * part  # the fp32 partition's grad, grad_partitions_flat_buffer
     host_optimizer = 12 * part  # fp32_partitioned_groups_flat and Adam's exp_avg, exp_avg_sq
@@ -236,7 +267,8 @@ def zero3_offload(shape: ModelShape, ranks: int, target: str, zero: dict[str, An
     return RankStates(params=host_params + b * zero3_persistent(shape, ranks, zero) + shape.buffer_bytes,
                       grads=device_grads + host_grads, optimizer=host_optimizer, host_params=host_params,
                       host_grads=host_grads, host_optimizer=host_optimizer, gathered=b * zero3_gathered(shape, zero),
-                      leaf_grads=b * leaf_gradients(shape.units))
+                      **leaf_fields(shape),
+                      norm_copy=NORM_BYTES * min(max(partitions), NORM_CHUNK))  # _offload_grad_partition_at_boundary
 
 
 LAYOUTS = {"adamw-ddp": ddp, "zero1": zero1, "zero2": zero2, "zero3": zero3, "zero2-offload": zero2_offload,
@@ -267,13 +299,24 @@ class RankPeak:
     states: RankStates
     transient: int | None  # None: the activation technique could not be estimated
     ranks_per_node: int
+    at_leaf_end: int | None = None  # the technique's bytes when a MoE block's backward ends (leaf_end.py)
 
     @property
     def per_gpu(self) -> int | None:
+        """The larger of backward's peak and the device step's. ZeRO-3's backward has two moments: the technique's
+        own peak, with the block's other gradients beside the one in hand, and the block's end, where all of them
+        are reduced (their norms taken, optimizer offloaded) and the block's saved tensors are gone. Without ZeRO-3,
+        or where the technique's peak holds a block's gradients together (at_leaf_end None), one moment."""
         if self.transient is None:
             return None
-        backward = self.states.device + self.states.gathered + self.states.leaf_grads + self.transient
-        return max(backward, self.states.step_device)
+        states = self.states
+        at_peak = states.device + states.gathered + self.transient + states.leaf_grads - states.leaf_largest
+        if self.at_leaf_end is None:  # no ZeRO-3, or a technique whose peak holds a block's gradients together
+            backward = at_peak + states.norm_copy
+        else:
+            backward = max(at_peak, states.device + states.gathered + self.at_leaf_end + states.leaf_grads
+                           + states.norm_copy)
+        return max(backward, states.step_device)
 
     @property
     def host_per_node(self) -> int:
@@ -281,8 +324,8 @@ class RankPeak:
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "ranks": self.ranks, "rank_batch": self.rank_batch,
-                "states": self.states.to_dict(), "transient": self.transient, "per_gpu": self.per_gpu,
-                "host_per_node": self.host_per_node, "ranks_per_node": self.ranks_per_node}
+                "states": self.states.to_dict(), "transient": self.transient, "at_leaf_end": self.at_leaf_end,
+                "per_gpu": self.per_gpu, "host_per_node": self.host_per_node, "ranks_per_node": self.ranks_per_node}
 
 
 def smallest_ranks(fits: Callable[[int], bool], cap: int = 4096) -> int | None:

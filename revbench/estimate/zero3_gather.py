@@ -133,8 +133,8 @@ def gathered_in_backward(units: tuple[FetchUnit, ...], settings: Gathering, reco
     return most
 
 
-def leaf_gradients(units: tuple[FetchUnit, ...]) -> int:
-    """The gradient elements ZeRO-3 holds at once past the one gradient a step in backward holds: DeepSpeed delays
-    the reduce of a leaf module's gradients until its whole backward is done (stage3.py, `reduce_leaf_module_grads`),
-    so the largest leaf module's every gradient exists at once, whole."""
-    return max((sum(u.numels) - max(u.numels) for u in units if u.leaf), default=0)
+def leaf_gradients(units: tuple[FetchUnit, ...]) -> tuple[int, int]:
+    """The gradient elements of the leaf module with the most, and its largest gradient's: DeepSpeed delays the
+    reduce of a leaf module's gradients until its whole backward is done (stage3.py, `reduce_leaf_module_grads`),
+    so its every gradient exists at once, whole."""
+    return max(((sum(u.numels), max(u.numels)) for u in units if u.leaf), default=(0, 0))

@@ -59,6 +59,15 @@ def memory_tensors(values: Any) -> Iterator[torch.Tensor]:
             yield t
 
 
+_ACTIVE: list[StorageTracker] = []  # the trackers whose step is running
+
+
+def mark_live() -> None:
+    """Note this moment in the running trackers: each keeps the live storages of its fullest marked moment."""
+    for tracker in _ACTIVE:
+        tracker.mark()
+
+
 class StorageTracker(TorchDispatchMode):
     """Tracks every storage an op creates, plus storages registered up front, and records the peak."""
 
@@ -86,6 +95,9 @@ class StorageTracker(TorchDispatchMode):
         self.host_live: dict[int, tuple[int, int]] = {}
         self.host_current = self.host_peak = 0
         self.host_serials: set[int] = set()
+        # mark(): the live storages at the marked moment that held the most (a moment a layout model places)
+        self.mark_current = -1
+        self.mark_live: dict[int, tuple[int, int]] | None = None
 
     def __enter__(self) -> StorageTracker:
         # FSDP2 frees a layer's gathered weights by resizing their storage to 0 bytes and allocates them again by
@@ -98,11 +110,17 @@ class StorageTracker(TorchDispatchMode):
             return out
 
         torch.UntypedStorage.resize_ = resize_
+        _ACTIVE.append(self)
         return super().__enter__()
 
     def __exit__(self, *exc: object) -> None:
         torch.UntypedStorage.resize_ = self._resize
+        _ACTIVE.remove(self)
         super().__exit__(*exc)
+
+    def mark(self) -> None:
+        if self.current > self.mark_current:
+            self.mark_current, self.mark_live = self.current, dict(self.live)
 
     def resized(self, storage: torch.UntypedStorage) -> None:
         """A storage resized in place: its old block freed, and a new one allocated unless it is now empty."""
@@ -244,6 +262,11 @@ class TrackedStep:
 
     def phase_peaks(self) -> dict[str | None, TensorBytes]:
         return {phase: self.breakdown(self.tracker.phase_live[phase], phase) for phase in self.tracker.phase_peaks}
+
+    def at_mark(self) -> TensorBytes | None:
+        """The live set at the fullest `mark_live()` moment by category (None: nothing marked)."""
+        live = self.tracker.mark_live
+        return None if live is None else self.breakdown(live, None)
 
 
 def track_step(fn: Callable[[], Any], state_tensors: Callable[[], StateTensors], by_phase: bool,
