@@ -45,8 +45,10 @@ def test_lora_changes_only_adapters_and_targets_the_fused_experts(runs) -> None:
 
 
 def test_lora_options_are_checked() -> None:
-    with pytest.raises(ValueError, match="rank must be >= 1"):
+    with pytest.raises(ValueError, match="option rank must be a whole number of adapter dimensions >= 1, not 0"):
         create_method("lora", tiny_spec(rank=0))
+    with pytest.raises(ValueError, match="option alpha must be a finite number > 0, not nan"):
+        create_method("lora", tiny_spec(alpha=float("nan")))
     with pytest.raises(ValueError, match="has no option dropout; its options are rank, alpha, experts"):
         create_method("lora", tiny_spec(dropout=0.1))
 

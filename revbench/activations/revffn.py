@@ -24,7 +24,9 @@ class RevFFN(Activations):
     def __init__(self, spec: TrainSpec) -> None:
         super().__init__(spec)
         self.stage = spec.options.get("stage", "full")
-        self.warmup_steps = int(spec.options.get("warmup_steps", 100))
+        self.warmup_steps = spec.options.get("warmup_steps", 100)
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int):
+            raise ValueError(f"option warmup_steps must be a whole number of steps, not {self.warmup_steps!r}")
         check_stage(self.stage, self.warmup_steps)
         self.steps = 0
 

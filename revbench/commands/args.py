@@ -53,11 +53,13 @@ def option(text: str) -> tuple[str, object]:
     """A technique option `KEY=VALUE`, the value read as YAML reads a suite's (`2` an integer, `true` a bool)."""
     import yaml
 
+    from revbench.orchestrator import strict_yaml
+
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. checkpoint_every=2), got {text!r}")
     try:
-        return key.strip(), yaml.safe_load(value)
+        return key.strip(), strict_yaml.load(value)
     except yaml.YAMLError:
         raise argparse.ArgumentTypeError(f"the value of {key.strip()!r} is not a YAML scalar: {value!r}") from None
 

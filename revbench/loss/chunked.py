@@ -131,9 +131,7 @@ class ChunkedLoss(FullLoss):
 
     def __init__(self, spec: TrainSpec) -> None:
         super().__init__(spec)
-        self.chunk_tokens = int(spec.options.get("chunk_tokens", 1024))
-        if self.chunk_tokens < 1:
-            raise ValueError(f"chunk_tokens must be >= 1, got {self.chunk_tokens}")
+        self.chunk_tokens = spec.count_option("chunk_tokens", "tokens", 1024)
         self.head: ChunkedCrossEntropyHead | None = None
         self.config: Any = None
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import types
 import typing
 from typing import Any
@@ -10,6 +12,7 @@ from typing import Any
 import yaml
 
 from revbench import units
+from revbench.orchestrator import strict_yaml
 
 
 class FieldError(ValueError):
@@ -59,12 +62,12 @@ def convert(value: Any, hint: Any, path: str) -> Any:
         return value
     if hint is float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
+            with contextlib.suppress(ValueError):
+                value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise FieldError(path, f"expected a number, got {_describe(value)}")
+        if not math.isfinite(value):  # YAML's .nan and .inf, or a string float() reads as one
+            raise FieldError(path, f"expected a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
@@ -151,16 +154,28 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
-    """`key=value` from the command line; the value is read as YAML (`64` is a number, `[a, b]` a list)."""
+    """`key=value` from the command line; the value is read as a suite file's YAML is (`64` is a number, `[a, b]` a
+    list, a mapping's keys unique)."""
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
         raise FieldError("", f"--set takes key=value with a dotted key (e.g. workload.seq=64), got {text!r}")
     try:
-        return key, yaml.safe_load(raw) if raw.strip() else None
+        return key, strict_yaml.load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise FieldError(key, f"value {raw!r} is not valid YAML: {problem}") from None
+
+
+def parse_assignments(texts: list[str]) -> list[tuple[str, Any]]:
+    """Every `--set key=value`, a key set at most once (as a suite file's mapping holds a key once)."""
+    assignments = [parse_assignment(text) for text in texts]
+    keys = [key for key, _ in assignments]
+    for key in keys:
+        if keys.count(key) > 1:
+            values = " and ".join(repr(value) for k, value in assignments if k == key)
+            raise FieldError(key, f"--set gives it {keys.count(key)} times ({values}); give it once")
+    return assignments
 
 
 def parse_bytes(value: int | str, path: str) -> int:

@@ -13,13 +13,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from revbench.methods import AXES, METHODS, UnknownMethodError, parse_method
 from revbench.models import ModelSpec
-from revbench.orchestrator.schema import FieldError, build, hint_at, parse_assignment, parse_bytes, set_dotted
-from revbench.orchestrator.validate import check_model, check_name, check_optimizer, check_workload
+from revbench.orchestrator import strict_yaml
+from revbench.orchestrator.schema import FieldError, build, hint_at, parse_assignments, parse_bytes, set_dotted
+from revbench.orchestrator.validate import (
+    check_device,
+    check_model,
+    check_name,
+    check_optimizer,
+    check_seed,
+    check_workload,
+)
 from revbench.spec import OptimizerSpec
 from revbench.workload import Workload
 
@@ -104,6 +111,7 @@ class Suite:
             value = getattr(self, axis)
             if value is not None and value not in registry:
                 raise FieldError(axis, f"unknown {axis} technique {value!r}; choose one of {', '.join(registry)}")
+        self._refuse_one_composition_twice()
         techniques = {name for registry in AXES.values() for name in registry}
         for name in self.options:
             if name not in techniques and name not in self.methods and name not in METHODS:
@@ -114,13 +122,9 @@ class Suite:
                 raise FieldError(name, f"must be >= 1, got {getattr(self, name)}")
         if self.timeout_s <= 0:
             raise FieldError("timeout_s", f"must be positive, got {self.timeout_s}")
-        if self.device != "auto":
-            try:
-                kind = torch.device(self.device).type
-            except RuntimeError:
-                kind = None
-            if kind not in ("cpu", "cuda"):
-                raise FieldError("device", f"expected auto, cpu, cuda or cuda:N, got {self.device!r}")
+        check_device(self.device)
+        check_seed(self.seed)
+        check_seed(self.workload.seed, "workload.seed")
         if self.memory_budget is not None:
             self.memory_budget = parse_bytes(self.memory_budget, "memory_budget")
         check_model(self.model)
@@ -137,6 +141,19 @@ class Suite:
                     raise FieldError(path, exc.message) from None
                 if not values:
                     raise FieldError(path, "must list at least one value")
+
+    def _refuse_one_composition_twice(self) -> None:
+        """Two listed methods that compose the same techniques (a preset and its composition, or two methods the
+        suite's axis overrides make alike) would be the same run under two names."""
+        why = " under the suite's axis overrides" if any(getattr(self, axis) for axis in AXES) else ""
+        listed: dict[str, str] = {}
+        for i, method in enumerate(self.methods):
+            axes = parse_method(method).with_axes(activations=self.activations, states=self.states, loss=self.loss)
+            name = "+".join(axes.techniques())
+            if name in listed:
+                raise FieldError(f"methods[{i}]", f"{method!r} is {listed[name]!r} again: both compose {name}{why}; "
+                                 "list it once (sweep options to compare settings)")
+            listed[name] = method
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -169,7 +186,7 @@ def yaml_problem(exc: yaml.YAMLError) -> str:
 
 def read_suite_file(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = strict_yaml.load(path.read_text())
     except UnicodeDecodeError:
         raise SuiteError(f"suite file {str(path)!r} is not text (UTF-8 YAML)") from None
     except yaml.YAMLError as exc:
@@ -187,8 +204,7 @@ def read_suite_file(path: Path) -> dict[str, Any]:
 def apply_overrides(data: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
     """`--set key=value` on a raw suite. Setting a swept key fixes it: its axis leaves every sweep."""
     data = copy.deepcopy(data)
-    for text in assignments:
-        key, value = parse_assignment(text)
+    for key, value in parse_assignments(assignments):
         hint_at(Suite, key)  # names an unknown field before anything runs
         set_dotted(data, key, value)
         for grid in data.get("sweeps") or []:

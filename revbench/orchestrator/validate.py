@@ -29,6 +29,23 @@ def check_name(name: str) -> None:
                          f"got {name!r}")
 
 
+# What a suite's device may be: torch also reads `cpu:0`, but the CPU has no index, and a record's device is compared
+# by name (a cpu:0 run would not be the cpu run it is).
+DEVICE = re.compile(r"auto|cpu|cuda(:\d{1,4})?")
+SEED_MAX = 2**32 - 1  # the data stream seeds torch generators with seed x 1,000,033 + step, within 64 bits
+
+
+def check_device(device: str) -> None:
+    if not DEVICE.fullmatch(device):
+        hint = " (the CPU has no index: cpu)" if device.startswith("cpu:") else ""
+        raise FieldError("device", f"expected auto, cpu, cuda or cuda:N, got {device!r}{hint}")
+
+
+def check_seed(seed: int, path: str = "seed") -> None:
+    if not 0 <= seed <= SEED_MAX:
+        raise FieldError(path, f"must be in [0, {SEED_MAX}], got {seed}")
+
+
 def check_model(model: ModelSpec) -> None:
     try:
         validate_model(model)

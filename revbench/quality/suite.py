@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from revbench.methods import METHODS
-from revbench.orchestrator.schema import FieldError, build, hint_at, parse_assignment, set_dotted
+from revbench.orchestrator.schema import FieldError, build, hint_at, parse_assignments, set_dotted
 from revbench.orchestrator.suite import SUITES_DIR, SuiteError, read_suite_file
+from revbench.orchestrator.validate import check_device, check_name, check_optimizer, check_seed
 from revbench.pretrained.upcycle import UpcycleSpec
 from revbench.spec import OptimizerSpec
 from revbench.workload import Workload
@@ -75,6 +76,12 @@ class QualitySuite:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
+        check_name(self.name)  # it names the results and report directories, as a run suite's does
+        check_device(self.device)
+        check_seed(self.seed)
+        check_seed(self.workload.seed, "workload.seed")
+        check_seed(self.upcycle.seed, "upcycle.seed")
+        check_optimizer(self.optimizer)
         if self.driver != "quality":
             raise FieldError("driver", f"this is a quality suite, run by `revbench quality`; got {self.driver!r}")
         if not self.runs:
@@ -114,8 +121,7 @@ def load_quality_suite(ref: str | None = None, overrides: list[str] | None = Non
         raise FileNotFoundError(f"quality suite file {str(path)!r} does not exist")
     data = read_suite_file(path)
     try:
-        for text in overrides or []:
-            key, value = parse_assignment(text)
+        for key, value in parse_assignments(overrides or []):
             hint_at(QualitySuite, key)  # an unknown key is named before anything runs
             set_dotted(data, key, value)
         return build(QualitySuite, data)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -75,6 +76,11 @@ class RevFFNOptions:
             value = getattr(self, name)
             if value not in choices:
                 raise ValueError(f"RevFFN option {name}={value!r} is not one of {', '.join(choices)}")
+        for name in ("init_scale", "tol", "sketch_tol"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value)):
+                raise ValueError(f"RevFFN option {name} must be a finite number, got {value!r}")
         if self.max_iters < 1:
             raise ValueError(f"RevFFN option max_iters must be >= 1, got {self.max_iters}")
         if self.tol is not None and not self.tol > 0:

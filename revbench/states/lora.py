@@ -9,6 +9,7 @@ and the LM head stay frozen, as is usual for LoRA on MoE models.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -29,12 +30,12 @@ class Lora(ModelStates):
 
     def __init__(self, spec: Any) -> None:
         super().__init__(spec)
-        options = spec.options
-        self.rank = int(options.get("rank", 8))
-        self.alpha = float(options.get("alpha", 2 * self.rank))
-        self.experts = bool(options.get("experts", True))
-        if self.rank < 1:
-            raise ValueError(f"lora rank must be >= 1, got {self.rank}")
+        self.rank = spec.count_option("rank", "adapter dimensions", 8)
+        alpha = spec.options.get("alpha", 2 * self.rank)
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (math.isfinite(alpha) and alpha > 0):
+            raise ValueError(f"option alpha must be a finite number > 0, not {alpha!r}")
+        self.alpha = float(alpha)
+        self.experts = spec.flag_option("experts", True)
 
     def setup(self, model: nn.Module) -> Callable[..., Any]:
         from peft import LoraConfig, get_peft_model, inject_adapter_in_model
